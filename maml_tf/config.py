@@ -1,0 +1,167 @@
+"""Experiment configs: YAML files checked strictly against a schema.
+
+A config has the sections `task` and `model` (each `{kind: ..., arguments}` checked against the
+signature of the builder it names), `train` and `eval` (the dataclasses below), plus `experiment`,
+`method` and `seed`. An unknown key or a value of the wrong type fails at once with a message that
+names the key and says what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Train:
+    iterations: int = 70000
+    meta_batch: int = 25
+    inner_steps: int = 1             # 0 = plain training on all tasks (the pretrained baseline)
+    inner_lr: float = 0.01
+    learn_inner_lr: bool = False     # meta-learn one step size per parameter entry (paper §2.2)
+    first_order: bool = False
+    meta_lr: float = 0.001
+    grad_clip: typing.Optional[float] = None   # clip each meta-gradient entry to [-c, c]
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    val_every: int = 0               # 0: no meta-validation during training
+    val_tasks: int = 0
+    val_seed: int = 99
+    xla: bool = True
+    distribute: str = "default"      # default | mirrored | multi_worker
+
+
+@dataclass
+class Eval:
+    tasks: int = 600
+    seed: int = 12345
+    steps: int = 10                  # inner steps at test time (all of 0..steps are reported)
+    report_step: typing.Optional[int] = None   # the step whose metric is the headline number
+    inner_lr: typing.Optional[float] = None    # None: the training step size
+    batch: int = 50                  # test tasks adapted at once
+    task: dict = field(default_factory=dict)   # overrides of the task section at test time
+
+
+@dataclass
+class Config:
+    experiment: str
+    task: dict
+    model: dict
+    train: Train
+    eval: Eval
+    method: str = "maml"
+    seed: int = 0
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is typing.Any or tp is inspect.Parameter.empty:
+        return True
+    if origin is typing.Union:
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value) \
+            if args else isinstance(value, (list, tuple))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _check_keys(where: str, given: dict, allowed: dict[str, object]) -> None:
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(given).__name__}")
+    for key, value in given.items():
+        if key not in allowed:
+            raise ConfigError(f"unknown key '{where}.{key}'; allowed keys: {', '.join(sorted(allowed))}")
+        if not _type_ok(value, allowed[key]):
+            raise ConfigError(f"'{where}.{key}' must be of type {getattr(allowed[key], '__name__', allowed[key])}, "
+                              f"got {value!r} ({type(value).__name__})")
+
+
+def _dataclass(cls, where: str, given: dict):
+    hints = typing.get_type_hints(cls)
+    _check_keys(where, given, hints)
+    return cls(**given)
+
+
+def check_call(builders: dict, where: str, spec: dict) -> None:
+    """Check a `{kind: ..., **kwargs}` section against the signature of builders[kind]."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ConfigError(f"{where} needs a 'kind' (one of {', '.join(sorted(builders))})")
+    if spec["kind"] not in builders:
+        raise ConfigError(f"unknown {where}.kind {spec['kind']!r}; allowed: {', '.join(sorted(builders))}")
+    fn = builders[spec["kind"]]
+    hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    sig = inspect.signature(fn)
+    allowed = {name: hints.get(name, typing.Any) for name in sig.parameters if name not in ("self", "split")}
+    allowed["kind"] = str
+    _check_keys(where, spec, allowed)
+    missing = [n for n, p in sig.parameters.items()
+               if p.default is inspect.Parameter.empty and n not in spec and n not in ("self", "split")]
+    if missing:
+        raise ConfigError(f"{where} ({spec['kind']}) is missing {', '.join(missing)}")
+
+
+def from_dict(raw: dict) -> Config:
+    from maml_tf import nets, tasks  # the builders the config names
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a mapping")
+    top = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = set(raw) - set(top)
+    if unknown:
+        raise ConfigError(f"unknown key '{sorted(unknown)[0]}'; allowed top-level keys: {', '.join(sorted(top))}")
+    for key in ("experiment", "task", "model"):
+        if key not in raw:
+            raise ConfigError(f"the config needs '{key}'")
+    for key, tp in (("experiment", str), ("method", str), ("seed", int), ("notes", str)):
+        if key in raw and not _type_ok(raw[key], tp):
+            raise ConfigError(f"'{key}' must be of type {tp.__name__}, got {raw[key]!r}")
+    check_call(tasks.BUILDERS, "task", raw["task"])
+    check_call(nets.BUILDERS, "model", raw["model"])
+    ev = _dataclass(Eval, "eval", raw.get("eval", {}) or {})
+    check_call(tasks.BUILDERS, "eval.task", {**raw["task"], **ev.task})
+    return Config(experiment=raw["experiment"], task=raw["task"], model=raw["model"],
+                  train=_dataclass(Train, "train", raw.get("train", {}) or {}), eval=ev,
+                  method=raw.get("method", "maml"), seed=raw.get("seed", 0), notes=raw.get("notes", ""))
+
+
+def load(path: str | Path, overrides: dict | None = None) -> Config:
+    """Load a YAML config; `overrides` maps dotted keys ('train.iterations') to values."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no config file at {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return from_dict(raw)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'train.iterations=500' -> ('train.iterations', 500), the value read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"an override looks like section.key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)

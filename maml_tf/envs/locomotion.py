@@ -1,0 +1,589 @@
+"""Half-cheetah and ant goal-velocity / goal-direction tasks (MAML paper, section 5.3).
+
+Built by subclassing Gymnasium's MuJoCo ``HalfCheetah-v5`` and ``Ant-v5`` environments: their
+models (``half_cheetah.xml`` / ``ant.xml`` shipped with Gymnasium) and physics are reused; the
+reward, termination, action interface and initial-state distribution are those of the official
+MAML code.  Sources read (GitHub ``cbfinn/maml_rl``, a fork of ``rll/rllab``):
+``rllab/envs/mujoco/half_cheetah_env_rand.py``, ``half_cheetah_env_rand_direc.py``,
+``ant_env_rand.py``, ``ant_env_rand_direc.py``, ``rllab/envs/mujoco/mujoco_env.py``,
+``rllab/envs/normalized_env.py``, ``maml_examples/cluster_maml_trpo_cheetah.py``,
+``cluster_maml_trpo_ant.py``, ``sandbox/rocky/tf/algos/batch_maml_polopt.py``; and from
+``rll/rllab`` (the fork's copies of these are not stored in the index we searched):
+``rllab/mujoco_py/mjcore.py`` (``body_comvels``), ``vendor/mujoco_models/half_cheetah.xml``,
+``vendor/mujoco_models/ant.xml``, ``scripts/setup_mujoco.sh``.  Gymnasium 1.2.2's
+``envs/mujoco/{mujoco_env,half_cheetah_v5,ant_v5}.py`` and ``assets/{half_cheetah,ant}.xml`` for
+the other side.
+
+Tasks and rewards (official code)
+---------------------------------
+``a`` below is the action after rllab's ``normalize`` rescaling and clipping, expressed in units of
+the actuator half-range (so ``a`` is in [-1, 1]); ``v`` is the forward velocity (see below).
+
+* cheetah velocity: goal ``U[0, 2]``; reward ``-|v - goal| - 0.05 * sum(a^2)``; never terminates.
+* cheetah direction: direction ``+1 / -1`` with probability 1/2 (official: ``goal ~ U[0, 2]``,
+  direction ``-1`` if ``goal < 1``); reward ``direction * v - 0.05 * sum(a^2)``.
+* ant velocity: goal ``U[0, 3]``; reward
+  ``-|v - goal| + 1.0 - 0.005 * sum(a^2) - 5e-4 * sum(clip(cfrc_ext, -1, 1)^2) + 0.05``.
+* ant direction: direction ``+1 / -1`` (official: ``U[0, 3]`` thresholded at 1.5); reward
+  ``direction * v - 0.005 * sum(a^2) - 5e-4 * sum(clip(cfrc_ext, -1, 1)^2) + 0.05``.
+* ant termination: state not finite, or torso height ``qpos[2]`` outside ``[0.2, 1.0]`` (checked
+  after the step; the step's reward, including the 0.05 survive bonus, is still paid).
+* horizon 200 for all four (``max_episode_steps=200`` at registration).
+
+The official coefficients: cheetah ``ctrl_cost = 1e-1 * 0.5 * sum(clip(a)^2)`` on the clipped action
+(the cheetah's bounds are [-1, 1]); ant ``ctrl_cost = 0.5 * 1e-2 * sum((a / scaling)^2)`` with
+``scaling = (ub - lb) / 2 = 150`` for rllab's ant, i.e. the normalised action; ant
+``contact_cost = 0.5 * 1e-3 * sum(clip(cfrc_ext, -1, 1)^2)`` over all bodies (the world body's row
+is zero in MuJoCo 3); ``survive_reward = 0.05``; the velocity task adds ``+ 1.0`` ("make it happy, not
+suicidal").
+
+Forward velocity ``v``: rllab's ``get_body_comvel("torso")[0]``.  In rllab's mujoco_py
+(``MjModel._compute_subtree``) that is the linear velocity of each body's centre of mass
+(``mj_objectVelocity``, world frame), mass-weighted over the torso's subtree: the x velocity of the
+centre of mass of the whole robot (the torso is the root body), evaluated after the step (rllab's
+``forward_dynamics`` calls ``model.forward()`` after stepping).  This equals MuJoCo's
+``data.subtree_linvel[torso]`` (checked numerically in the tests).  ``velocity_mode="com"``
+(default) uses it; ``velocity_mode="finite_difference"`` uses Gymnasium's convention,
+``(qpos[0]_after - qpos[0]_before) / dt`` (root x; for the ant ``qpos[0]`` is the torso x).
+
+Action interface: rllab's ``NormalizedEnv`` exposes ``Box(-1, 1)`` and maps an action to
+``lb + (a + 1) * 0.5 * (ub - lb)`` then clips to ``[lb, ub]`` (the policy's Gaussian sample itself
+is not clipped).  These envs do the same: ``action_space`` is ``Box(-1, 1)``, any finite action is
+accepted, rescaled to the actuators' ``ctrlrange`` and clipped; the control costs use the clipped
+value.
+
+Differences between Gymnasium's v5 bodies and the rllab ones used by the paper (all verified)
+------------------------------------------------------------------------------------------------
+1. Control period.  rllab: ``half_cheetah.xml`` has ``timestep=0.01`` (Euler) and ``ant.xml``
+   ``timestep=0.02`` (RK4); neither defines the ``frame_skip`` numeric, so rllab's ``MujocoEnv``
+   uses ``frame_skip = 1``: dt = 0.01 s (cheetah) and 0.02 s (ant); 200 steps = 2 s / 4 s.
+   Gymnasium v5: cheetah ``timestep=0.01`` (Euler), ant ``timestep=0.01`` (RK4), both
+   ``frame_skip=5``: dt = 0.05 s.  **Default here: rllab's dt** - ``frame_skip=1`` for the cheetah
+   (dt 0.01, identical integration) and ``frame_skip=2`` for the ant (dt 0.02, as two RK4 steps of
+   0.01 instead of one of 0.02).  Pass ``frame_skip=5`` to ``gym.make`` for Gymnasium's dt.
+2. Actuators.  Cheetah: identical (ctrlrange [-1, 1], gears 120/90/60/120/60/30).  Ant: rllab has
+   ``ctrlrange=[-150, 150]`` with gear 1; Gymnasium ``ctrlrange=[-1, 1]`` with ``gear=150``: the
+   same torque range.  With the [-1, 1] interface the policy sees no difference, and rllab's ant
+   control cost (divided by the half-range 150) is reproduced exactly.
+3. Contact parameters.  Cheetah: identical (joint/geom defaults, ``solimp 0 .8 .01``).  Ant: rllab's
+   geom default has ``solref=".02 1" solimp=".8 .8 .01"``; Gymnasium's ``ant.xml`` sets neither,
+   so MuJoCo's defaults apply (``solimp 0.9 0.95 0.001``), i.e. harder contacts.  Not changed here.
+4. Simulator.  rllab ran MuJoCo 1.31 (``scripts/setup_mujoco.sh`` installs ``mjpro131``); here
+   MuJoCo 3.x (different constraint solver defaults; trajectories are not bit-comparable).
+5. Contact forces.  Since MuJoCo 2.0, ``mj_forward`` no longer computes ``cfrc_ext`` (only
+   ``mj_rnePostConstraint`` does; openai/gym issues #1541, #1711), so in MuJoCo 1.31 rllab's
+   ``cfrc_ext`` was populated by ``model.forward()``.  Gymnasium calls ``mj_rnePostConstraint``
+   right after ``mj_step``, whose derived quantities (contacts, ``xpos``, ...) still describe the
+   state at the start of the last substep, so its observation mixes post-step ``qpos``/``qvel``
+   with contact forces from one substep earlier.  Here the ant
+   calls ``mj_forward`` + ``mj_rnePostConstraint`` after stepping, so contact forces, CoM velocity
+   and observation all describe the post-step state, as in rllab.  (The cheetah only needs
+   kinematics and velocities: ``mj_kinematics``, ``mj_comPos``, ``mj_comVel``, ``mj_subtreeVel``.)
+6. Observations.  rllab cheetah: ``qpos[1:]`` (8) + ``qvel`` (9) + torso ``com_subtree`` (3, the
+   robot's centre of mass including its x) = 20.  Gymnasium cheetah: ``qpos[1:]`` + ``qvel`` = 17.
+   rllab ant: full ``qpos`` (15, including x, y) + ``qvel`` (14) + ``clip(cfrc_ext, -1, 1)`` of all
+   14 bodies including the world (84) + torso rotation matrix (9) + torso ``com_subtree`` (3) = 125.
+   Gymnasium ant: ``qpos[2:]`` (13) + ``qvel`` (14) + ``clip(cfrc_ext[1:], -1, 1)`` (78) = 105.
+   **Default here: Gymnasium's observation** (``obs_mode="gymnasium"``); ``obs_mode="rllab"``
+   gives rllab's layout (20 / 125).  The oracle variants append the task parameter (1 number).
+7. Initial state.  rllab: ``qpos = init_qpos + 0.01 * N(0, 1)``, ``qvel = init_qvel + 0.1 * N(0, 1)``,
+   where the ant's ``init_qpos`` comes from the XML's custom numeric ``init_qpos`` (torso z = 0.55,
+   ankles at +-1 rad, unit quaternion).  Gymnasium v5: ``qpos = qpos0 + U(-0.1, 0.1)``,
+   ``qvel = qvel0 + 0.1 * N(0, 1)``, and it ignores the ``init_qpos`` numeric even though its own
+   ``ant.xml`` carries the identical one: its ant starts at z = 0.75 with every joint at 0 (the
+   ankles' 0 lies outside their 30-70 degree ranges).  **Default here: rllab's**
+   (``reset_mode="rllab"``); ``reset_mode="gymnasium"`` restores Gymnasium's.
+8. Rewards.  Gymnasium's: cheetah ``dx/dt - 0.1 * sum(a^2)``; ant ``dx/dt + 1 (healthy) -
+   0.5 * sum(a^2) - 5e-4 * sum(clip(cfrc_ext)^2)`` with dx from the torso frame position.  All are
+   replaced by the official ones above (note the official ant control weight is 0.005, not 0.5).
+9. Healthy range: the same in both (``qpos[2]`` in [0.2, 1.0] and a finite state).  But MuJoCo
+   >= 2 never lets a state become non-finite: on NaN / huge values it warns and resets ``mjData``
+   to ``qpos0`` (so Gymnasium's finiteness test can never fire).  The ant here terminates when
+   MuJoCo reports such a reset during the step (``mjWARN_BADQPOS/BADQVEL/BADQACC``), which is
+   rllab's "state not finite" case; ``info["unstable"]`` flags it for both bodies (the cheetah
+   never terminates, as in rllab).
+
+Task API
+--------
+``sample_tasks(n, rng_or_seed) -> [{"velocity": float}, ...]`` or ``[{"direction": +-1.0}, ...]``;
+``set_task(task)`` (also accepts a bare number), ``get_task()``, the ``task`` property, and
+``reset(options={"task": task})``.  A task persists across resets until changed; if none was ever
+set, the first reset draws one from the env's ``np_random``.  ``set_task`` takes effect
+immediately.
+
+With ``gymnasium.vector.SyncVectorEnv`` (``gym.make_vec(id, num_envs=n, vectorization_mode="sync")``)
+set one task per sub-env with ``vec.set_attr("task", [task_0, ..., task_{n-1}])`` (a property with a
+setter on the unwrapped env, reached through the wrappers), then ``vec.reset(seed=...)``; read them
+back with ``vec.get_attr("task")``.  ``vec.call("set_task", task)`` or
+``vec.reset(options={"task": task})`` give every sub-env the same task.  ``maml_tf.envs.set_tasks``
+wraps this for both kinds of vector env.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from gymnasium import spaces, utils
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
+__all__ = [
+    "MetaHalfCheetahEnv",
+    "MetaAntEnv",
+    "HalfCheetahVelEnv",
+    "HalfCheetahDirEnv",
+    "AntVelEnv",
+    "AntDirEnv",
+    "sample_velocity_tasks",
+    "sample_direction_tasks",
+]
+
+TASK_TYPES = ("velocity", "direction")
+VELOCITY_MODES = ("com", "finite_difference")
+RESET_MODES = ("rllab", "gymnasium")
+OBS_MODES = ("gymnasium", "rllab")
+
+# Official coefficients (see module docstring).
+CHEETAH_CTRL_COST = 0.05  # 1e-1 * 0.5
+ANT_CTRL_COST = 0.005  # 0.5 * 1e-2, on the action divided by the half-range
+ANT_CONTACT_COST = 5e-4  # 0.5 * 1e-3
+ANT_SURVIVE_REWARD = 0.05
+ANT_VELOCITY_BONUS = 1.0
+RLLAB_QPOS_NOISE = 0.01  # std of N(0, 1) noise added to init_qpos
+RLLAB_QVEL_NOISE = 0.1  # std of N(0, 1) noise added to init_qvel
+# MuJoCo >= 2 does not propagate NaN / huge values: it warns and resets mjData to qpos0.
+_BAD_STATE_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADQACC,
+)
+
+
+def _as_rng(rng_or_seed) -> np.random.Generator:
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    return np.random.default_rng(rng_or_seed)
+
+
+def sample_velocity_tasks(n: int, rng_or_seed=None, low: float = 0.0, high: float = 2.0) -> list[dict]:
+    """``n`` tasks ``{"velocity": float}`` with the goal velocity drawn from U[low, high]."""
+    rng = _as_rng(rng_or_seed)
+    return [{"velocity": float(v)} for v in rng.uniform(low, high, size=int(n))]
+
+
+def sample_direction_tasks(n: int, rng_or_seed=None) -> list[dict]:
+    """``n`` tasks ``{"direction": -1.0 or +1.0}``, each with probability 1/2."""
+    rng = _as_rng(rng_or_seed)
+    return [{"direction": float(d)} for d in np.where(rng.random(int(n)) < 0.5, -1.0, 1.0)]
+
+
+class _MetaLocomotionMixin:
+    """Task handling, rllab action interface, oracle observation and rllab reset for both bodies.
+
+    Must come before the Gymnasium env class in the bases.
+    """
+
+    # ------------------------------------------------------------ construction
+    def _meta_init(self, task_type, oracle, velocity_mode, reset_mode, obs_mode, velocity_range, task):
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        if velocity_mode not in VELOCITY_MODES:
+            raise ValueError(f"velocity_mode must be one of {VELOCITY_MODES}, got {velocity_mode!r}")
+        if reset_mode not in RESET_MODES:
+            raise ValueError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        self.task_type = task_type
+        self.oracle = bool(oracle)
+        self.velocity_mode = velocity_mode
+        self.reset_mode = reset_mode
+        self.obs_mode = obs_mode
+        self.velocity_range = (float(velocity_range[0]), float(velocity_range[1]))
+        self._task_value: float | None = None
+        self._torso_id = self.model.body("torso").id
+        # rllab's MujocoEnv reads init_qpos from the XML's custom numeric when present.
+        self._rllab_init_qpos = self.init_qpos.copy()
+        for i in range(self.model.nnumeric):
+            if self.model.numeric(i).name == "init_qpos":
+                data = np.asarray(self.model.numeric(i).data, dtype=np.float64)
+                if data.size == self.model.nq:
+                    self._rllab_init_qpos = data.copy()
+        self._update_derived()
+        obs_dim = self._base_obs().size + (1 if self.oracle else 0)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float64)
+        if task is not None:
+            self.set_task(task)
+
+    def _set_action_space(self):
+        """Called by ``MujocoEnv.__init__``: remember the body's bounds, expose Box(-1, 1)."""
+        bounds = self.model.actuator_ctrlrange.copy().astype(np.float64)
+        self._ctrl_low, self._ctrl_high = bounds.T
+        self._ctrl_half_range = 0.5 * (self._ctrl_high - self._ctrl_low)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)
+        return self.action_space
+
+    def _rescale_action(self, action) -> tuple[np.ndarray, np.ndarray]:
+        """rllab ``NormalizedEnv``: ``lb + (a + 1) * 0.5 * (ub - lb)``, clipped to ``[lb, ub]``.
+
+        Returns the control sent to MuJoCo and the same control divided by the half-range (the
+        quantity whose squares the official control costs sum).
+        """
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (self.model.nu,):
+            raise ValueError(f"action must have shape ({self.model.nu},), got {np.shape(action)}")
+        ctrl = self._ctrl_low + (a + 1.0) * 0.5 * (self._ctrl_high - self._ctrl_low)
+        ctrl = np.clip(ctrl, self._ctrl_low, self._ctrl_high)
+        return ctrl, ctrl / self._ctrl_half_range
+
+    # ------------------------------------------------------------------ tasks
+    @property
+    def task_key(self) -> str:
+        return self.task_type
+
+    def sample_tasks(self, n: int, rng_or_seed=None) -> list[dict]:
+        """``n`` tasks drawn with ``rng_or_seed`` (a numpy Generator, an int seed or None)."""
+        if self.task_type == "velocity":
+            return sample_velocity_tasks(n, rng_or_seed, *self.velocity_range)
+        return sample_direction_tasks(n, rng_or_seed)
+
+    def set_task(self, task) -> None:
+        """``{"velocity": v}`` / ``{"direction": +-1}`` (or the bare number); persists across resets."""
+        if isinstance(task, dict):
+            if self.task_type not in task:
+                raise KeyError(f"{type(self).__name__} expects a task with key {self.task_type!r}, got {list(task)}")
+            task = task[self.task_type]
+        value = float(np.asarray(task, dtype=np.float64).reshape(()))
+        if not np.isfinite(value):
+            raise ValueError(f"task value must be finite, got {value}")
+        if self.task_type == "direction" and value not in (-1.0, 1.0):
+            raise ValueError(f"direction must be -1 or +1, got {value}")
+        self._task_value = value
+
+    def get_task(self) -> dict | None:
+        return None if self._task_value is None else {self.task_type: self._task_value}
+
+    @property
+    def task(self) -> dict | None:
+        return self.get_task()
+
+    @task.setter
+    def task(self, task) -> None:
+        self.set_task(task)
+
+    # ------------------------------------------------------------ simulation
+    def _update_derived(self) -> None:
+        """Make the derived quantities used by rewards/observations describe the current state."""
+        raise NotImplementedError
+
+    def _step_mujoco_simulation(self, ctrl, n_frames):
+        self.data.ctrl[:] = ctrl
+        mujoco.mj_step(self.model, self.data, nstep=n_frames)
+        self._update_derived()
+
+    def _instability_count(self) -> int:
+        """How many times MuJoCo met a NaN / huge state and reset the simulation."""
+        return sum(int(self.data.warning[w].number) for w in _BAD_STATE_WARNINGS)
+
+    def _forward_velocity(self, x_before: float) -> float:
+        if self.velocity_mode == "com":
+            return float(self.data.subtree_linvel[self._torso_id, 0])
+        return (float(self.data.qpos[0]) - x_before) / self.dt
+
+    def _task_reward(self, velocity: float) -> float:
+        if self.task_type == "velocity":
+            return -abs(velocity - self._task_value)
+        return self._task_value * velocity
+
+    # ------------------------------------------------------------ observation
+    def _base_obs(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _get_obs(self) -> np.ndarray:
+        obs = self._base_obs()
+        if self.oracle:
+            value = 0.0 if self._task_value is None else self._task_value
+            obs = np.concatenate([obs, [value]])
+        return obs
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if options is not None and options.get("task") is not None:
+            self.set_task(options["task"])
+        return super().reset(seed=seed, options=options)
+
+    def reset_model(self):
+        # Always draw once so the RNG stream does not depend on whether a task was already set.
+        fallback_seed = int(self.np_random.integers(2**63 - 1))
+        if self._task_value is None:
+            self.set_task(self.sample_tasks(1, fallback_seed)[0])
+        nq, nv = self.model.nq, self.model.nv
+        if self.reset_mode == "rllab":
+            qpos = self._rllab_init_qpos + RLLAB_QPOS_NOISE * self.np_random.standard_normal(nq)
+            qvel = self.init_qvel + RLLAB_QVEL_NOISE * self.np_random.standard_normal(nv)
+        else:
+            s = self._reset_noise_scale
+            qpos = self.init_qpos + self.np_random.uniform(low=-s, high=s, size=nq)
+            qvel = self.init_qvel + s * self.np_random.standard_normal(nv)
+        self.set_state(qpos, qvel)  # runs mj_forward
+        self._update_derived()
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {"x_position": float(self.data.qpos[0]), "task": self.get_task()}
+
+
+class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
+    """Half-cheetah with the official MAML goal-velocity or goal-direction reward.
+
+    Args:
+        task_type: ``"velocity"`` (goal U[0, 2]) or ``"direction"`` (+1 / -1).
+        task: initial task, optional.
+        oracle: append the task parameter to the observation.
+        frame_skip: MuJoCo steps per env step; 1 (default) gives rllab's dt = 0.01 s,
+            5 gives Gymnasium's 0.05 s.
+        velocity_mode: ``"com"`` (official: whole-body centre-of-mass x velocity) or
+            ``"finite_difference"`` (Gymnasium: root x displacement / dt).
+        reset_mode: ``"rllab"`` (default) or ``"gymnasium"`` initial-state noise.
+        obs_mode: ``"gymnasium"`` (17 numbers, default) or ``"rllab"`` (20).
+        ctrl_cost_weight: 0.05 (official).
+        velocity_range: goal-velocity range for ``sample_tasks`` (official (0, 2)).
+        **kwargs: passed to Gymnasium's ``HalfCheetahEnv`` (e.g. ``render_mode``, ``xml_file``,
+            ``reset_noise_scale`` for ``reset_mode="gymnasium"``).
+    """
+
+    def __init__(
+        self,
+        task_type: str = "velocity",
+        task: dict | None = None,
+        oracle: bool = False,
+        frame_skip: int = 1,
+        velocity_mode: str = "com",
+        reset_mode: str = "rllab",
+        obs_mode: str = "gymnasium",
+        ctrl_cost_weight: float = CHEETAH_CTRL_COST,
+        velocity_range: tuple[float, float] = (0.0, 2.0),
+        **kwargs,
+    ):
+        kwargs.setdefault("exclude_current_positions_from_observation", True)
+        HalfCheetahEnv.__init__(self, frame_skip=frame_skip, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self._meta_init(task_type, oracle, velocity_mode, reset_mode, obs_mode, velocity_range, task)
+        utils.EzPickle.__init__(
+            self,
+            task_type=task_type,
+            task=task,
+            oracle=oracle,
+            frame_skip=frame_skip,
+            velocity_mode=velocity_mode,
+            reset_mode=reset_mode,
+            obs_mode=obs_mode,
+            ctrl_cost_weight=ctrl_cost_weight,
+            velocity_range=velocity_range,
+            **kwargs,
+        )
+
+    def _update_derived(self) -> None:
+        # Positions/velocities changed by mj_step: recompute kinematics, CoM frames and the subtree
+        # CoM velocities (what rllab's model.forward() + body_comvels gave).  No contacts needed.
+        m, d = self.model, self.data
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        mujoco.mj_comVel(m, d)
+        mujoco.mj_subtreeVel(m, d)
+
+    def _base_obs(self) -> np.ndarray:
+        if self.obs_mode == "rllab":
+            return np.concatenate(
+                [self.data.qpos[1:], self.data.qvel, self.data.subtree_com[self._torso_id]]
+            ).astype(np.float64)
+        return HalfCheetahEnv._get_obs(self)
+
+    def step(self, action):
+        if self._task_value is None:
+            raise RuntimeError("call reset() (or set_task) before step()")
+        ctrl, a_norm = self._rescale_action(action)
+        x_before = float(self.data.qpos[0])
+        n_bad = self._instability_count()
+        self.do_simulation(ctrl, self.frame_skip)
+        velocity = self._forward_velocity(x_before)
+        forward_reward = self._task_reward(velocity)
+        ctrl_cost = self._ctrl_cost_weight * float(np.sum(np.square(a_norm)))
+        reward = forward_reward - ctrl_cost
+        observation = self._get_obs()
+        info = {
+            "x_position": float(self.data.qpos[0]),
+            "x_velocity": velocity,
+            "reward_forward": forward_reward,
+            "reward_ctrl": -ctrl_cost,
+            "unstable": self._instability_count() > n_bad,
+        }
+        if self.render_mode == "human":
+            self.render()
+        return observation, float(reward), False, False, info
+
+
+class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
+    """Ant with the official MAML goal-velocity or goal-direction reward and termination.
+
+    Args:
+        task_type: ``"velocity"`` (goal U[0, 3]) or ``"direction"`` (+1 / -1).
+        task: initial task, optional.
+        oracle: append the task parameter to the observation.
+        frame_skip: MuJoCo steps per env step; 2 (default) gives rllab's dt = 0.02 s,
+            5 gives Gymnasium's 0.05 s.
+        velocity_mode: ``"com"`` (official) or ``"finite_difference"`` (torso x displacement / dt).
+        reset_mode: ``"rllab"`` (default: init pose from the XML's init_qpos numeric, N(0, 0.01)
+            position and N(0, 0.1) velocity noise) or ``"gymnasium"``.
+        obs_mode: ``"gymnasium"`` (105 numbers, default) or ``"rllab"`` (125).
+        ctrl_cost_weight: 0.005 (official, on the normalised action).
+        contact_cost_weight: 5e-4 (official).
+        survive_reward: 0.05 (official), paid every step.
+        velocity_bonus: 1.0, added every step in the velocity task only (official).
+        healthy_z_range: (0.2, 1.0) (official and Gymnasium).
+        velocity_range: goal-velocity range for ``sample_tasks`` (official (0, 3)).
+        **kwargs: passed to Gymnasium's ``AntEnv``.
+    """
+
+    def __init__(
+        self,
+        task_type: str = "velocity",
+        task: dict | None = None,
+        oracle: bool = False,
+        frame_skip: int = 2,
+        velocity_mode: str = "com",
+        reset_mode: str = "rllab",
+        obs_mode: str = "gymnasium",
+        ctrl_cost_weight: float = ANT_CTRL_COST,
+        contact_cost_weight: float = ANT_CONTACT_COST,
+        survive_reward: float = ANT_SURVIVE_REWARD,
+        velocity_bonus: float = ANT_VELOCITY_BONUS,
+        healthy_z_range: tuple[float, float] = (0.2, 1.0),
+        velocity_range: tuple[float, float] = (0.0, 3.0),
+        **kwargs,
+    ):
+        kwargs.setdefault("exclude_current_positions_from_observation", True)
+        kwargs.setdefault("include_cfrc_ext_in_observation", True)
+        kwargs.setdefault("contact_force_range", (-1.0, 1.0))
+        AntEnv.__init__(
+            self,
+            frame_skip=frame_skip,
+            ctrl_cost_weight=ctrl_cost_weight,
+            contact_cost_weight=contact_cost_weight,
+            healthy_reward=survive_reward,
+            terminate_when_unhealthy=True,
+            healthy_z_range=healthy_z_range,
+            **kwargs,
+        )
+        self._survive_reward = float(survive_reward)
+        self._velocity_bonus = float(velocity_bonus)
+        self._meta_init(task_type, oracle, velocity_mode, reset_mode, obs_mode, velocity_range, task)
+        utils.EzPickle.__init__(
+            self,
+            task_type=task_type,
+            task=task,
+            oracle=oracle,
+            frame_skip=frame_skip,
+            velocity_mode=velocity_mode,
+            reset_mode=reset_mode,
+            obs_mode=obs_mode,
+            ctrl_cost_weight=ctrl_cost_weight,
+            contact_cost_weight=contact_cost_weight,
+            survive_reward=survive_reward,
+            velocity_bonus=velocity_bonus,
+            healthy_z_range=healthy_z_range,
+            velocity_range=velocity_range,
+            **kwargs,
+        )
+
+    def _update_derived(self) -> None:
+        # rllab: model.forward() after stepping (MuJoCo 1.31 also filled cfrc_ext there).
+        m, d = self.model, self.data
+        mujoco.mj_forward(m, d)
+        mujoco.mj_rnePostConstraint(m, d)
+        mujoco.mj_subtreeVel(m, d)
+
+    def _base_obs(self) -> np.ndarray:
+        if self.obs_mode == "rllab":
+            d = self.data
+            return np.concatenate(
+                [
+                    d.qpos,
+                    d.qvel,
+                    np.clip(d.cfrc_ext, -1.0, 1.0).ravel(),
+                    d.xmat[self._torso_id],
+                    d.subtree_com[self._torso_id],
+                ]
+            ).astype(np.float64)
+        return AntEnv._get_obs(self)
+
+    @property
+    def contact_cost(self) -> float:
+        """``contact_cost_weight * sum(clip(cfrc_ext, -1, 1)^2)`` over all bodies (official)."""
+        return self._contact_cost_weight * float(np.sum(np.square(np.clip(self.data.cfrc_ext, -1.0, 1.0))))
+
+    def step(self, action):
+        if self._task_value is None:
+            raise RuntimeError("call reset() (or set_task) before step()")
+        ctrl, a_norm = self._rescale_action(action)
+        x_before = float(self.data.qpos[0])
+        n_bad = self._instability_count()
+        self.do_simulation(ctrl, self.frame_skip)
+        unstable = self._instability_count() > n_bad
+        velocity = self._forward_velocity(x_before)
+        forward_reward = self._task_reward(velocity)
+        if self.task_type == "velocity":
+            forward_reward += self._velocity_bonus
+        ctrl_cost = self._ctrl_cost_weight * float(np.sum(np.square(a_norm)))
+        contact_cost = self.contact_cost
+        reward = forward_reward - ctrl_cost - contact_cost + self._survive_reward
+        # MuJoCo replaced a non-finite state by qpos0: that is rllab's "state not finite" case.
+        terminated = unstable or not self.is_healthy
+        observation = self._get_obs()
+        info = {
+            "x_position": float(self.data.qpos[0]),
+            "y_position": float(self.data.qpos[1]),
+            "z_position": float(self.data.qpos[2]),
+            "x_velocity": velocity,
+            "reward_forward": forward_reward,
+            "reward_ctrl": -ctrl_cost,
+            "reward_contact": -contact_cost,
+            "reward_survive": self._survive_reward,
+            "unstable": unstable,
+        }
+        if self.render_mode == "human":
+            self.render()
+        return observation, float(reward), bool(terminated), False, info
+
+
+class HalfCheetahVelEnv(MetaHalfCheetahEnv):
+    """Goal-velocity half-cheetah (``maml/HalfCheetahVel-v0``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(task_type="velocity", **kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+
+
+class HalfCheetahDirEnv(MetaHalfCheetahEnv):
+    """Forward/backward half-cheetah (``maml/HalfCheetahDir-v0``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(task_type="direction", **kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+
+
+class AntVelEnv(MetaAntEnv):
+    """Goal-velocity ant (``maml/AntVel-v0``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(task_type="velocity", **kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+
+
+class AntDirEnv(MetaAntEnv):
+    """Forward/backward ant (``maml/AntDir-v0``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(task_type="direction", **kwargs)
+        utils.EzPickle.__init__(self, **kwargs)

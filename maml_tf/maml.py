@@ -1,0 +1,112 @@
+"""MAML: the inner loop (adaptation) and the meta-objective, batched over tasks.
+
+Every function works on a whole task batch at once. Per-task losses are computed as a vector [T];
+the inner gradient is taken of their *sum*, which gives every task exactly the gradient of its own
+loss with respect to its own copy of the parameters (tasks do not interact). The meta-objective is
+the *mean* over tasks of the query loss after the last inner step.
+
+Second-order MAML differentiates through the inner gradients (the inner tape is recorded by the outer
+one); `first_order=True` stops the gradient through them, so the meta-gradient is the query-loss
+gradient at the adapted parameters.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+
+from maml_tf.nets import Model
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (prediction, target) -> per-task loss [T]
+
+
+# ----------------------------------------------------------------------------- losses and metrics
+
+def mse(pred: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Mean squared error of each task, [T]."""
+    return tf.reduce_mean(tf.square(pred - y), axis=list(range(1, pred.shape.rank)))
+
+
+def cross_entropy(shots: int) -> LossFn:
+    """Per-task softmax cross-entropy as the official code computes it: the per-example losses are
+    divided by K (the support shots) and summed, i.e. N (ways) times the mean for the support set.
+    The inner step size alpha therefore acts on a loss summed over classes."""
+    def loss(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        return tf.reduce_sum(xent, axis=1) / float(shots)
+    return loss
+
+
+def accuracy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Fraction of correct predictions of each task, [T]."""
+    hit = tf.equal(tf.argmax(logits, axis=-1, output_type=y.dtype), y)
+    return tf.reduce_mean(tf.cast(hit, tf.float32), axis=1)
+
+
+# ----------------------------------------------------------------------------- adaptation
+
+def per_task(model: Model, params: dict, n_tasks) -> dict:
+    """One copy of every adaptable parameter per task; frozen ones stay shared."""
+    return {k: v if k in model.frozen else tf.tile(v[None], [n_tasks] + [1] * v.shape.rank)
+            for k, v in params.items()}
+
+
+def inner_step(model: Model, fast: dict, x: tf.Tensor, y: tf.Tensor, loss_fn: LossFn,
+               alpha, first_order: bool = False) -> dict:
+    """One gradient step of every task on its own support set.
+
+    `fast` holds per-task copies (see `per_task`). `alpha` is a float or a dict name -> step size
+    (a meta-learned step size, shared by the tasks, of any shape that broadcasts to the parameter)."""
+    names = [k for k in fast if k not in model.frozen]
+    with tf.GradientTape() as tape:
+        tape.watch([fast[k] for k in names])
+        loss = tf.reduce_sum(loss_fn(model.apply(fast, x), y))
+    grads = tape.gradient(loss, [fast[k] for k in names])
+    new = dict(fast)
+    for k, g in zip(names, grads):
+        if first_order:
+            g = tf.stop_gradient(g)
+        a = alpha[k] if isinstance(alpha, dict) else alpha
+        new[k] = fast[k] - a * g
+    return new
+
+
+def adapt(model: Model, params: dict, x: tf.Tensor, y: tf.Tensor, loss_fn: LossFn, steps: int,
+          alpha, first_order: bool = False) -> dict:
+    """`steps` inner gradient steps from the shared `params`, each on the same support set."""
+    fast = per_task(model, params, tf.shape(x)[0])
+    for _ in range(steps):
+        fast = inner_step(model, fast, x, y, loss_fn, alpha, first_order)
+    return fast
+
+
+def meta_loss(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,
+              first_order: bool = False) -> tf.Tensor:
+    """Mean over the task batch of the query loss after `steps` inner steps on the support set.
+    With steps = 0 this is plain regression/classification on all tasks (the pretrained baseline)."""
+    fast = adapt(model, params, batch["xs"], batch["ys"], loss_fn, steps, alpha, first_order)
+    return tf.reduce_mean(loss_fn(model.apply(fast, batch["xq"]), batch["yq"]))
+
+
+def meta_gradient(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,
+                  first_order: bool = False) -> tuple[tf.Tensor, dict]:
+    """(meta-loss, its gradient with respect to `params` and, when learned, `alpha`)."""
+    learned_alpha = isinstance(alpha, dict)
+    with tf.GradientTape() as tape:
+        tape.watch(list(params.values()))
+        if learned_alpha:
+            tape.watch(list(alpha.values()))
+        loss = meta_loss(model, params, batch, loss_fn, steps, alpha, first_order)
+    sources = {"params": params, **({"alpha": alpha} if learned_alpha else {})}
+    return loss, tape.gradient(loss, sources)
+
+
+def evaluate_steps(model: Model, params: dict, batch: dict, loss_fn: LossFn, metric_fn,
+                   steps: int, alpha) -> tf.Tensor:
+    """Query metric of every task after 0, 1, ..., `steps` inner steps: [steps + 1, T]."""
+    fast = per_task(model, params, tf.shape(batch["xs"])[0])
+    out = [metric_fn(model.apply(fast, batch["xq"]), batch["yq"])]
+    for _ in range(steps):
+        fast = inner_step(model, fast, batch["xs"], batch["ys"], loss_fn, alpha)
+        out.append(metric_fn(model.apply(fast, batch["xq"]), batch["yq"]))
+    return tf.stack(out)

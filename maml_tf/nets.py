@@ -1,0 +1,199 @@
+"""The networks of the paper as pure functions of an explicit parameter structure.
+
+A model is a `Model(init, apply, frozen)`:
+  * `init(seed) -> params`, a flat dict name -> tf.Tensor (plain structure, no Keras layers);
+  * `apply(params, x) -> output`, a pure function. `x` always carries a leading task axis,
+    [tasks, examples, ...]. Each parameter either is shared by all tasks (its natural shape) or
+    has one copy per task (a leading task axis). Per-task copies are what the inner loop of MAML
+    produces, and they turn every layer into a single batched matmul over tasks (convolutions too,
+    written as patches @ kernel), so one compiled step serves the whole task batch;
+  * `frozen`: the names that the inner loop never changes (the batch-norm offsets).
+
+Batch norm follows the official code: it always normalises with the statistics of the batch at hand,
+computed per task and per pass (support and query separately); there are no moving averages and no
+scale, only a learned offset (epsilon 1e-3).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import tensorflow as tf
+
+BN_EPSILON = 1e-3
+
+
+class Model(NamedTuple):
+    init: Callable[[int], dict]
+    apply: Callable[[dict, tf.Tensor], tf.Tensor]
+    frozen: frozenset = frozenset()
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def _per_task(w: tf.Tensor, base_rank: int) -> bool:
+    """True when `w` holds one copy per task (one more axis than its natural rank)."""
+    return w.shape.rank == base_rank + 1
+
+
+def dense(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """x [T, N, D] @ w ([D, H] shared or [T, D, H] per task) + b ([H] or [T, H])."""
+    if _per_task(w, 2):
+        y = tf.matmul(x, w)
+    else:
+        y = tf.einsum("tnd,dh->tnh", x, w)
+    if _per_task(b, 1):
+        b = b[:, None, :]
+    return y + b
+
+
+def _same_padding(size: int, stride: int, k: int = 3) -> tuple[int, int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def conv3x3(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, stride: int) -> tf.Tensor:
+    """3x3 SAME convolution of x [T, N, H, W, C] with w [3, 3, C, F] or [T, 3, 3, C, F].
+
+    Written as patches @ kernel: the nine shifted (strided) views of the padded input are stacked
+    along channels, so a per-task kernel is one batched matmul over tasks. All derivatives are
+    slices and pads, cheap to any order and friendly to XLA."""
+    t, n, h, wd, c = (tf.shape(x)[0], tf.shape(x)[1], x.shape[2], x.shape[3], x.shape[4])
+    oh, top, bottom = _same_padding(h, stride)
+    ow, left, right = _same_padding(wd, stride)
+    xp = tf.pad(tf.reshape(x, [-1, h, wd, c]), [[0, 0], [top, bottom], [left, right], [0, 0]])
+    views = [xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
+             for i in range(3) for j in range(3)]
+    patches = tf.reshape(tf.concat(views, axis=-1), [t, n * oh * ow, 9 * c])
+    f = w.shape[-1]
+    if _per_task(w, 4):
+        y = tf.matmul(patches, tf.reshape(w, [-1, 9 * c, f]))
+    else:
+        y = tf.einsum("tpk,kf->tpf", patches, tf.reshape(w, [9 * c, f]))
+    y = tf.reshape(y, [t, n, oh, ow, f])
+    if _per_task(b, 1):
+        b = b[:, None, None, None, :]
+    return y + b
+
+
+def batch_norm(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """Normalise with the statistics of each task's own batch (all axes but task and feature)."""
+    axes = list(range(1, x.shape.rank - 1))
+    # Not tf.nn.moments: it stops the gradient through the mean inside the variance, which leaves
+    # first derivatives exact but makes second-order meta-gradients wrong.
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + offset
+
+
+def max_pool2(x: tf.Tensor) -> tf.Tensor:
+    """2x2 max-pool, stride 2, VALID, of x [T, N, H, W, C]."""
+    t, n, h, w, c = tf.shape(x)[0], tf.shape(x)[1], x.shape[2], x.shape[3], x.shape[4]
+    y = tf.nn.max_pool2d(tf.reshape(x, [-1, h, w, c]), 2, 2, "VALID")
+    return tf.reshape(y, [t, n, h // 2, w // 2, c])
+
+
+# ----------------------------------------------------------------------------- initialisers
+
+def _glorot_uniform(shape, fan_in: int, fan_out: int, seed) -> tf.Tensor:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return tf.random.stateless_uniform(shape, seed, -limit, limit)
+
+
+def _trunc_normal(shape, std: float, seed) -> tf.Tensor:
+    return tf.random.stateless_truncated_normal(shape, seed, stddev=std)
+
+
+def _seeds(seed: int, n: int):
+    return [tf.constant([seed, i], tf.int64) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- the models
+
+ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.nn.tanh, "softplus": tf.nn.softplus}
+
+
+def mlp(sizes: list[int], batch_norm_hidden: bool = False, out_std: float = 0.01,
+        activation: str = "relu") -> Model:
+    """Fully connected ReLU net. sizes = [in, hidden..., out].
+
+    `activation` is ReLU in every experiment (a smooth one serves finite-difference tests).
+    Sinusoid: [1, 40, 40, 1], no norm. Omniglot non-conv: [784, 256, 128, 64, 64, N] with batch
+    norm after every hidden layer. Weights truncated normal std 0.01, biases zero (official)."""
+    n_layers, act = len(sizes) - 1, ACTIVATIONS[activation]
+
+    def init(seed: int) -> dict:
+        params, seeds = {}, _seeds(seed, n_layers)
+        for i in range(n_layers):
+            std = out_std if i == n_layers - 1 else 0.01
+            params[f"w{i + 1}"] = _trunc_normal([sizes[i], sizes[i + 1]], std, seeds[i])
+            params[f"b{i + 1}"] = tf.zeros([sizes[i + 1]])
+            if batch_norm_hidden and i < n_layers - 1:
+                params[f"bn{i + 1}"] = tf.zeros([sizes[i + 1]])
+        return params
+
+    def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
+        h = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], sizes[0]])
+        for i in range(1, n_layers + 1):
+            h = dense(h, params[f"w{i}"], params[f"b{i}"])
+            if i < n_layers:
+                if batch_norm_hidden:
+                    h = batch_norm(h, params[f"bn{i}"])
+                h = act(h)
+        return h
+
+    frozen = frozenset(f"bn{i}" for i in range(1, n_layers)) if batch_norm_hidden else frozenset()
+    return Model(init, apply, frozen)
+
+
+def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bool,
+          activation: str = "relu") -> Model:
+    """Four [3x3 conv, batch norm, ReLU] blocks and a linear classifier.
+
+    Omniglot form: 64 filters, stride-2 convs, then the mean over the spatial dims; output layer
+    normal(0, 1) (official). MiniImagenet form: 32 filters, stride-1 convs each followed by a 2x2
+    max-pool, flattened; output layer Glorot uniform. Conv kernels Glorot uniform ("Xavier")."""
+    act, size = ACTIVATIONS[activation], image_size
+    for _ in range(4):
+        size = size // 2 if max_pool else -(-size // 2)
+    n_features = filters * size * size if max_pool else filters
+
+    def init(seed: int) -> dict:
+        params, seeds = {}, _seeds(seed, 5)
+        c = channels
+        for i in range(1, 5):
+            params[f"conv{i}"] = _glorot_uniform([3, 3, c, filters], 9 * c, 9 * filters, seeds[i - 1])
+            params[f"b{i}"] = tf.zeros([filters])
+            params[f"bn{i}"] = tf.zeros([filters])
+            c = filters
+        if max_pool:
+            params["w5"] = _glorot_uniform([n_features, n_out], n_features, n_out, seeds[4])
+        else:
+            params["w5"] = tf.random.stateless_normal([n_features, n_out], seeds[4])
+        params["b5"] = tf.zeros([n_out])
+        return params
+
+    def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
+        h = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], image_size, image_size, channels])
+        for i in range(1, 5):
+            h = conv3x3(h, params[f"conv{i}"], params[f"b{i}"], stride=1 if max_pool else 2)
+            h = act(batch_norm(h, params[f"bn{i}"]))
+            if max_pool:
+                h = max_pool2(h)
+        if max_pool:
+            h = tf.reshape(h, [tf.shape(h)[0], tf.shape(h)[1], n_features])
+        else:
+            h = tf.reduce_mean(h, axis=[2, 3])
+        return dense(h, params["w5"], params["b5"])
+
+    return Model(init, apply, frozenset(f"bn{i}" for i in range(1, 5)))
+
+
+BUILDERS = {"mlp": mlp, "conv4": conv4}
+
+
+def build(spec: dict) -> Model:
+    """Model from a config's `model` section: {"kind": "mlp" | "conv4", ...its arguments}."""
+    spec = dict(spec)
+    return BUILDERS[spec.pop("kind")](**spec)

@@ -1,0 +1,278 @@
+"""The meta-training loop: one compiled step for the whole task batch, Adam, checkpoints, resume.
+
+A run directory holds:
+  config.yaml       the resolved config (a resumed run must match it, but for the budget keys)
+  checkpoints/      the latest checkpoints (params, step sizes, Adam state, step, wall time)
+  best/             the checkpoint with the best meta-validation metric (when val_every > 0)
+  metrics.jsonl     one JSON line per log step (and per validation)
+  tb/               TensorBoard summaries of the same
+An interrupted run resumes from its last checkpoint and continues as if it had never stopped: the
+batch of iteration i depends only on (seed, i).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import yaml
+
+from maml_tf import maml, nets, tasks
+from maml_tf.config import Config
+
+# Keys that may change when a run is resumed (the budget and the bookkeeping), not the experiment.
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"train.distribute must be default, mirrored or multi_worker, got {name!r}")
+
+
+def objective(cfg: Config):
+    """(loss used in the inner loop and for the meta-objective, metric reported at evaluation,
+    name of the metric, whether higher is better) for the config's task."""
+    if cfg.task["kind"] == "sinusoid":
+        return maml.mse, maml.mse, "mse", False
+    return maml.cross_entropy(cfg.task.get("shot", 1)), maml.accuracy, "accuracy", True
+
+
+class MetaLearner:
+    """Meta-parameters (and, if learned, step sizes) as variables, with the compiled meta-step."""
+
+    def __init__(self, cfg: Config, strategy: tf.distribute.Strategy | None = None):
+        self.cfg, t = cfg, cfg.train
+        self.model = nets.build(cfg.model)
+        self.loss_fn, self.metric_fn, self.metric_name, self.higher_is_better = objective(cfg)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.params = {k: tf.Variable(v, name=k) for k, v in self.model.init(cfg.seed).items()}
+            self.alpha = ({k: tf.Variable(tf.fill(v.shape, t.inner_lr), name=f"alpha_{k}")
+                           for k, v in self.params.items() if k not in self.model.frozen}
+                          if t.learn_inner_lr else {})
+            self.optimizer = tf.keras.optimizers.Adam(t.meta_lr)
+            self.optimizer.build(self.variables)
+            self.step = tf.Variable(0, dtype=tf.int64, name="step")
+            self.wall_time = tf.Variable(0.0, dtype=tf.float64, name="wall_time")
+        self.checkpoint = tf.train.Checkpoint(params=self.params, alpha=self.alpha,
+                                              optimizer=self.optimizer, step=self.step,
+                                              wall_time=self.wall_time)
+        self._grads = tf.function(self._replica_grads, jit_compile=t.xla)
+        self._train_step = tf.function(self._distributed_step)
+
+    @property
+    def variables(self) -> list:
+        return list(self.params.values()) + list(self.alpha.values())
+
+    def inner_lr(self):
+        return {k: v for k, v in self.alpha.items()} if self.alpha else self.cfg.train.inner_lr
+
+    def _replica_grads(self, batch):
+        t = self.cfg.train
+        loss, grads = maml.meta_gradient(self.model, dict(self.params), batch, self.loss_fn,
+                                         t.inner_steps, self.inner_lr(), t.first_order)
+        return loss, grads
+
+    def _distributed_step(self, batch):
+        loss, grads = self.strategy.run(self._grads, args=(batch,))
+        mean = lambda x: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
+        loss = mean(loss)
+        flat = [mean(grads["params"][k]) for k in self.params]
+        if self.alpha:
+            flat += [mean(grads["alpha"][k]) for k in self.alpha]
+        if self.cfg.train.grad_clip is not None:
+            c = self.cfg.train.grad_clip
+            flat = [tf.clip_by_value(g, -c, c) for g in flat]
+        self.optimizer.apply_gradients(zip(flat, self.variables))
+        self.step.assign_add(1)
+        return loss
+
+    def train_step(self, batch) -> tf.Tensor:
+        return self._train_step(batch)
+
+    def param_values(self) -> dict:
+        return {k: v.value() for k, v in self.params.items()}
+
+
+def _model_batch(batch: dict) -> dict:
+    return {k: batch[k] for k in tasks.MODEL_KEYS}
+
+
+def dataset(source, seed: int, start: int, stop: int, meta_batch: int) -> tf.data.Dataset:
+    """Batches start..stop-1 of the stream `seed`, produced ahead on a background thread."""
+    example = _model_batch(source.sample(tasks.stream_rng(seed, 0), meta_batch))
+    signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in example.items()}
+
+    def gen():
+        for i in range(start, stop):
+            yield _model_batch(source.sample(tasks.stream_rng(seed, i), meta_batch))
+
+    return tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(4)
+
+
+def _check_resume(run_dir: Path, cfg: Config) -> None:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    old = yaml.safe_load(path.read_text())
+    new = cfg.to_dict()
+    for section in set(old) | set(new):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in set(a) | set(b):
+                if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES) \
+                        and section != "eval":
+                    raise TrainingError(
+                        f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
+                        f"has {b.get(k)!r}. Resume with the original config, or train into a new run "
+                        f"directory (--run-dir), or delete {run_dir} to start over.")
+        elif a != b and section not in ("notes", "eval"):
+            raise TrainingError(f"{run_dir} holds a run with {section}={a!r}, this config has {b!r}; "
+                                f"use a new --run-dir or delete {run_dir}.")
+
+
+class _Log:
+    """Metrics to metrics.jsonl and TensorBoard, and a one-line progress display."""
+
+    def __init__(self, run_dir: Path, total: int, quiet: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = tf.summary.create_file_writer(str(run_dir / "tb"))
+        self.total, self.quiet = total, quiet
+
+    def write(self, step: int, values: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        with self.writer.as_default(step=step):
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    tf.summary.scalar(k, v)
+
+    def progress(self, step: int, loss: float, rate: float, extra: str = "") -> None:
+        if self.quiet:
+            return
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        sys.stderr.write(f"\r[{step:>7d}/{self.total}] loss {loss:.4f}  {rate:6.1f} it/s  "
+                         f"eta {eta / 60:6.1f} min {extra}   ")
+        sys.stderr.flush()
+
+
+def validate(learner: MetaLearner, cfg: Config) -> float:
+    """Mean meta-validation metric after the training number of inner steps, on fixed tasks."""
+    from maml_tf import evaluate
+    t = cfg.train
+    source = tasks.build(cfg.task, split="val")
+    res = evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn,
+                            learner.metric_fn, steps=t.inner_steps, alpha=learner.inner_lr(),
+                            n_tasks=t.val_tasks, seed=t.val_seed, batch=cfg.eval.batch)
+    return float(res["mean"][-1])
+
+
+def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None) -> MetaLearner:
+    """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
+
+    `stop_after` stops early after that many iterations of this call (used to test resuming)."""
+    t = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume(run_dir, cfg)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    strategy = make_strategy(t.distribute)
+    if t.meta_batch % strategy.num_replicas_in_sync:
+        raise TrainingError(f"train.meta_batch={t.meta_batch} must be divisible by the "
+                            f"{strategy.num_replicas_in_sync} replicas")
+    learner = MetaLearner(cfg, strategy)
+    manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=2)
+    best_manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "best", max_to_keep=1)
+    if manager.latest_checkpoint:
+        learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    start = int(learner.step.numpy())
+    stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
+    if start >= stop:
+        return learner
+
+    best_path = run_dir / "best.json"
+    best = json.loads(best_path.read_text()) if best_path.exists() else None
+    log = _Log(run_dir, t.iterations, quiet)
+    source = tasks.build(cfg.task, split="train")
+    data = strategy.experimental_distribute_dataset(dataset(source, cfg.seed, start, stop, t.meta_batch))
+
+    def save(step: int) -> None:
+        finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.variables)
+        if not finite:
+            raise TrainingError(
+                f"the parameters became NaN or infinite before iteration {step}; nothing was saved "
+                f"over the last good checkpoint ({manager.latest_checkpoint}). Lower train.meta_lr or "
+                f"train.inner_lr, or set train.grad_clip, and resume.")
+        manager.save(checkpoint_number=step)
+
+    step, t0, last_t, last_step, loss_sum = start, time.perf_counter(), time.perf_counter(), start, 0.0
+    wall0 = float(learner.wall_time.numpy())
+    try:
+        for batch in data:
+            loss = learner.train_step(batch)
+            step += 1
+            loss_sum = loss_sum + loss
+            if step % t.log_every == 0 or step == stop:
+                mean_loss = float(loss_sum) / (step - last_step)
+                if not np.isfinite(mean_loss):
+                    raise TrainingError(
+                        f"the meta-loss became {mean_loss} between iterations {last_step} and {step}; "
+                        f"the last good checkpoint is {manager.latest_checkpoint}. Lower train.meta_lr "
+                        f"or train.inner_lr, or set train.grad_clip, then resume.")
+                now = time.perf_counter()
+                rate = (step - last_step) / (now - last_t)
+                learner.wall_time.assign(wall0 + now - t0)
+                log.write(step, {"loss": mean_loss, "it_per_s": rate, "wall_time_s": wall0 + now - t0})
+                log.progress(step, mean_loss, rate)
+                last_t, last_step, loss_sum = now, step, 0.0
+            if t.val_every and (step % t.val_every == 0 or step == t.iterations):
+                value = validate(learner, cfg)
+                log.write(step, {f"val_{learner.metric_name}": value})
+                better = best is None or (value > best["value"] if learner.higher_is_better
+                                          else value < best["value"])
+                if better:
+                    best = {"step": step, "value": value, "metric": learner.metric_name}
+                    best_manager.save(checkpoint_number=step)
+                    from maml_tf.records import write_json
+                    write_json(best_path, best)
+            if step % t.checkpoint_every == 0 or step == stop:
+                learner.wall_time.assign(wall0 + time.perf_counter() - t0)
+                save(step)
+    except KeyboardInterrupt:
+        # Keep what was done: a checkpoint at the current step (it resumes from here).
+        learner.wall_time.assign(wall0 + time.perf_counter() - t0)
+        save(int(learner.step.numpy()))
+        if not quiet:
+            sys.stderr.write(f"\ninterrupted: saved a checkpoint at iteration {int(learner.step.numpy())}\n")
+        raise
+    if not quiet:
+        sys.stderr.write("\n")
+    return learner
+
+
+def restore(cfg: Config, run_dir: str | Path, which: str = "latest") -> MetaLearner:
+    """A learner with the run's latest (or best-on-validation) checkpoint restored."""
+    run_dir = Path(run_dir)
+    learner = MetaLearner(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, distribute="default")))
+    folder = run_dir / ("best" if which == "best" else "checkpoints")
+    path = tf.train.latest_checkpoint(str(folder))
+    if which == "best" and path is None:
+        path = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    if path is None:
+        raise TrainingError(f"no checkpoint in {folder}: train the run first (its make target does)")
+    learner.checkpoint.restore(path).expect_partial()
+    return learner

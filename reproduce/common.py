@@ -1,0 +1,55 @@
+"""What every entry point shares: configs with command-line overrides, run directories, records."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from maml_tf import config as config_lib
+from maml_tf import records
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "reproduce" / "configs"
+RESULTS = ROOT / "results"
+
+
+def run_dir(cfg: config_lib.Config, results: Path = RESULTS) -> Path:
+    return results / cfg.experiment / cfg.method
+
+
+def load(name: str | Path, iterations: int | None = None, sets: list[str] = ()) -> config_lib.Config:
+    """Config `name` ('sinusoid/maml' or a path), with --iterations and --set overrides."""
+    path = Path(name)
+    if not path.suffix:
+        path = CONFIGS / f"{name}.yaml"
+    overrides = dict(config_lib.parse_override(s) for s in sets)
+    if iterations is not None:
+        overrides["train.iterations"] = iterations
+    return config_lib.load(path, overrides)
+
+
+def paper_iterations(name: str | Path) -> int:
+    """The budget the config's own file sets (the paper's), whatever the command line says."""
+    return load(name).train.iterations
+
+
+def record(cfg: config_lib.Config, learner, paper_iters: int) -> dict:
+    """The provenance block of a results file for one trained run."""
+    done = int(learner.step.numpy())
+    return {"config": cfg.to_dict(), "commit": records.commit(), "iterations": done,
+            "paper_iterations": paper_iters, "status": "full" if done >= paper_iters else "partial",
+            "seed": cfg.seed, "wall_time_s": round(float(learner.wall_time.numpy()), 1),
+            "machine": records.machine(), "written": records.now()}
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training budget (default: the paper's, from the config); a smaller one is "
+                        "labelled partial in every result")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.meta_batch=16")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and results go")
+    p.add_argument("--quiet", action="store_true")
+    return p

@@ -1,0 +1,29 @@
+"""Train (or resume) one experiment from its config.
+
+    python -m reproduce.train sinusoid/maml [--iterations N] [--set train.meta_batch=16] [--run-dir DIR]
+"""
+from __future__ import annotations
+
+import sys
+
+from maml_tf import train as train_lib
+from maml_tf.config import ConfigError
+from reproduce import common
+
+
+def main(argv=None) -> int:
+    p = common.parser(__doc__)
+    p.add_argument("config", help="a config under reproduce/configs (e.g. omniglot/conv_5w1s) or a path")
+    p.add_argument("--run-dir", default=None)
+    args = p.parse_args(argv)
+    try:
+        cfg = common.load(args.config, args.iterations, args.set)
+        train_lib.train(cfg, args.run_dir or common.run_dir(cfg, args.results), quiet=args.quiet)
+    except (ConfigError, train_lib.TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Tests of the data pipeline (data_prep.omniglot, data_prep.miniimagenet)."""
+import functools
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import miniimagenet, omniglot
+from data_prep.common import DataError
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fake_omniglot_zip(top: str, alphabets=("Alpha", "Beta"), seed=0) -> bytes:
+    """A small archive laid out like the real one: <top>/<alphabet>/character01/<id>_<nn>.png, 1-bit."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for a in alphabets:
+            for k in range(1, 21):
+                png = io.BytesIO()
+                Image.fromarray(rng.random((105, 105)) > 0.1).convert("1").save(png, format="PNG")
+                z.writestr(f"{top}/{a}/character01/0001_{k:02d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def _no_outputs(out_dir):
+    return not out_dir.exists() or not any(out_dir.iterdir())
+
+
+@pytest.fixture
+def http_folder(tmp_path, monkeypatch):
+    """(folder, base URL) of a folder served over http on 127.0.0.1 at a free port."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/", server
+    server.shutdown()
+    server.server_close()
+
+
+# ----------------------------------------------------------------------------- Omniglot
+
+def test_checksum_mismatch_stops_and_writes_nothing(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "images_background.zip").write_bytes(_fake_omniglot_zip("images_background"))
+    with pytest.raises(DataError) as e:
+        omniglot.prepare(src, out, log=lambda m: None)
+    msg = str(e.value)
+    assert "images_background.zip" in msg and "Checksum mismatch" in msg
+    assert "68d2efa1b9178cc56df9314c21c6e718" in msg  # expected (original md5)
+    assert _sha256((src / "images_background.zip").read_bytes()) in msg  # actual
+    assert "--source" in msg
+    assert _no_outputs(out)
+
+
+def test_corrupt_archive_with_accepted_checksum_writes_nothing(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    good = _fake_omniglot_zip("images_background")
+    bad = b"PK\x03\x04 this is not really a zip"
+    (src / "images_background.zip").write_bytes(good)
+    (src / "images_evaluation.zip").write_bytes(bad)
+    table = {"images_background.zip": [("sha256", _sha256(good))],
+             "images_evaluation.zip": [("sha256", _sha256(bad))]}
+    out.mkdir()
+    with pytest.raises(DataError, match="not a readable zip"):
+        omniglot.prepare(src, out, checksums=table, log=lambda m: None)
+    assert _no_outputs(out)  # no npz, no leftover temp file
+
+
+def test_omniglot_local_copy(omniglot_npz):
+    with np.load(omniglot_npz) as z:
+        images, archive, alphabet = z["images"], z["archive"], z["alphabet"]
+        assert images.shape == (1623, 20, 28, 28) and images.dtype == np.uint8
+        assert z["images_lanczos"].shape == images.shape
+        assert z["drawing"].shape == (1623, 20)
+    assert set(np.unique(images)) == {0, 255}  # official 28x28 images are still 1-bit
+    assert (archive == "images_background").sum() == 964
+    assert (archive == "images_evaluation").sum() == 659
+    assert len(set(alphabet[archive == "images_background"])) == 30
+    assert len(set(alphabet[archive == "images_evaluation"])) == 20
+    x, alph, char = omniglot.load_omniglot(omniglot_npz)
+    assert x.dtype == np.float32 and x.shape == (1623, 20, 28, 28)
+    assert set(np.unique(x)) == {0.0, 1.0} and 0.02 < x.mean() < 0.2  # ink (1) is the minority
+    assert alph.shape == char.shape == (1623,)
+    y, _, _ = omniglot.load_omniglot(omniglot_npz, variant="lanczos")
+    assert 0.0 <= y.min() and y.max() <= 1.0 and len(np.unique(y)) > 2
+
+    # First drawing: the official call (LANCZOS on the mode "1" image) is a NEAREST resize.
+    with zipfile.ZipFile(omniglot.LOCAL_DEFAULT / "images_background.zip") as zf:
+        first = sorted(n for n in zf.namelist() if n.endswith(".png"))[0]
+        im = Image.open(io.BytesIO(zf.read(first)))
+    assert im.mode == "1"
+    nearest = np.asarray(im.resize((28, 28), Image.NEAREST).convert("L"))
+    np.testing.assert_array_equal(images[0, 0], nearest)
+
+    # A second run is a no-op.
+    before = omniglot_npz.stat().st_mtime_ns
+    omniglot.prepare(omniglot.LOCAL_DEFAULT, omniglot_npz.parent, log=lambda m: None)
+    assert omniglot_npz.stat().st_mtime_ns == before
+
+
+def test_fetch_by_url_verifies(http_folder, tmp_path):
+    folder, url, _ = http_folder
+    data = _fake_omniglot_zip("images_background")
+    (folder / "images_background.zip").write_bytes(data)
+    dest = tmp_path / "dl"
+
+    paths = omniglot.fetch(url, dest, checksums={"images_background.zip": [("sha256", _sha256(data))]})
+    assert paths["images_background.zip"].read_bytes() == data
+
+    dest2 = tmp_path / "dl2"
+    md5 = hashlib.md5(data).hexdigest()
+    assert omniglot.fetch(url, dest2, checksums={"images_background.zip": [("md5", md5)]})
+
+    dest3 = tmp_path / "dl3"
+    with pytest.raises(DataError, match="Checksum mismatch"):
+        omniglot.fetch(url, dest3, checksums={"images_background.zip": [("sha256", "0" * 64)]})
+    assert _no_outputs(dest3)
+
+    with pytest.raises(DataError, match="Could not download"):
+        omniglot.fetch(url, dest3, checksums={"images_evaluation.zip": [("sha256", "0" * 64)]})  # 404
+
+
+def test_prepare_by_url_small_archives(http_folder, tmp_path):
+    folder, url, server = http_folder
+    table = {}
+    for name, seed in zip(omniglot.ARCHIVES, (1, 2)):
+        data = _fake_omniglot_zip(name[:-4], seed=seed)
+        (folder / name).write_bytes(data)
+        table[name] = [("sha256", _sha256(data))]
+    out = tmp_path / "out"
+    path = omniglot.prepare(url, out, checksums=table, log=lambda m: None)
+    with np.load(path) as z:
+        assert z["images"].shape == (4, 20, 28, 28)
+        assert list(z["archive"]) == ["images_background"] * 2 + ["images_evaluation"] * 2
+        assert list(z["alphabet"]) == ["Alpha", "Beta", "Alpha", "Beta"]
+    assert sorted(p.name for p in out.iterdir()) == [omniglot.OUT_NAME]  # download dir cleaned up
+    before = path.stat().st_mtime_ns
+    server.shutdown()  # up to date: must not even try to download
+    omniglot.prepare(url, out, checksums=table, log=lambda m: None)
+    assert path.stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------- MiniImagenet
+
+WNIDS = {"train": ["n03000003", "n01000001", "n02000002"],  # deliberately not sorted
+         "val": ["n05000005", "n04000004", "n06000006"],
+         "test": ["n09000009", "n07000007", "n08000008"]}
+PER_CLASS = 4
+
+
+@pytest.fixture
+def mini_raw(tmp_path):
+    """Synthetic raw folder: train and test flat, val in <wnid>/ subfolders; csv files alongside."""
+    rng = np.random.default_rng(0)
+    images, splits = tmp_path / "raw", tmp_path / "splits"
+    images.mkdir()
+    splits.mkdir()
+    for split, wnids in WNIDS.items():
+        rows = ["filename,label"]
+        for wnid in wnids:
+            folder = images / wnid if split == "val" else images
+            folder.mkdir(exist_ok=True)
+            for k in range(PER_CLASS):
+                name = f"{wnid}{k:08d}.jpg"
+                h, w = rng.integers(40, 130, size=2)
+                arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                im = Image.fromarray(arr) if k else Image.fromarray(arr[..., 0])  # one grey image per class
+                im.save(folder / name, format="JPEG")
+                rows.append(f"{name},{wnid}")
+        (splits / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return images, splits
+
+
+def test_miniimagenet_pipeline(mini_raw, tmp_path):
+    images, splits = mini_raw
+    out = tmp_path / "out"
+    paths = miniimagenet.prepare(images, splits, out, checksums=None, log=lambda m: None)
+    for split in miniimagenet.SPLITS:
+        with np.load(paths[split]) as z:
+            assert z["images"].shape == (3, PER_CLASS, 84, 84, 3) and z["images"].dtype == np.uint8
+            assert list(z["classes"]) == WNIDS[split]
+            raw = z["images"]
+        x, classes = miniimagenet.load_split(paths[split])
+        assert x.dtype == np.float32 and x.shape == raw.shape and 0.0 <= x.min() and x.max() <= 1.0
+        np.testing.assert_array_equal(x, raw.astype(np.float32) / 255)
+    # pixel check: val class 0 image 1 (in a <wnid>/ subfolder) and a grey one (image 0)
+    wnid = WNIDS["val"][0]
+    raw, _ = miniimagenet.load_split(paths["val"], raw=True)
+    for k in (0, 1):
+        with Image.open(images / wnid / f"{wnid}{k:08d}.jpg") as im:
+            expected = np.asarray(im.convert("RGB").resize((84, 84), Image.LANCZOS))
+        np.testing.assert_array_equal(raw[0, k], expected)
+
+    mtimes = {s: p.stat().st_mtime_ns for s, p in paths.items()}
+    miniimagenet.prepare(images, splits, out, checksums=None, log=lambda m: None)
+    assert {s: p.stat().st_mtime_ns for s, p in paths.items()} == mtimes
+    miniimagenet.prepare(None, splits, out, checksums=None, log=lambda m: None)  # up to date: images not needed
+
+
+def test_miniimagenet_missing_image(mini_raw, tmp_path):
+    images, splits = mini_raw
+    gone = f"{WNIDS['test'][1]}{2:08d}.jpg"
+    (images / gone).unlink()
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as e:
+        miniimagenet.prepare(images, splits, out, checksums=None, log=lambda m: None)
+    msg = str(e.value)
+    assert f"1 of {3 * 3 * PER_CLASS} images missing" in msg and gone in msg
+    assert "--images" in msg and "MINIIMAGENET_IMAGES" in msg and "<wnid>" in msg
+    assert _no_outputs(out)
+
+
+def test_miniimagenet_csv_checksum(mini_raw, tmp_path):
+    images, splits = mini_raw
+    with pytest.raises(DataError, match="Checksum mismatch"):
+        miniimagenet.prepare(images, splits, tmp_path / "out", log=lambda m: None)  # default: real table
+    assert _no_outputs(tmp_path / "out")
+
+
+def test_miniimagenet_real_split_files():
+    d = miniimagenet.SPLITS_DEFAULT
+    if not (d / "train.csv").is_file():
+        pytest.skip(f"split files not found in {d}")
+    for split, n_classes in zip(miniimagenet.SPLITS, (64, 16, 20)):
+        assert miniimagenet.sha256(d / f"{split}.csv") == miniimagenet.KNOWN_CSV_SHA256[split]
+        classes, files = miniimagenet.read_split_csv(d / f"{split}.csv")
+        assert len(classes) == n_classes and all(len(files[c]) == 600 for c in classes)

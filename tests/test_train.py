@@ -1,0 +1,103 @@
+"""The training loop: it learns, it resumes exactly, and bad input fails clearly."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maml_tf import config, evaluate, maml, tasks, train
+
+SINUSOID = {"experiment": "t", "task": {"kind": "sinusoid", "support": 10, "query": 10},
+            "model": {"kind": "mlp", "sizes": [1, 40, 40, 1]},
+            "train": {"iterations": 40, "meta_batch": 25, "log_every": 10, "checkpoint_every": 10}}
+
+
+def _cfg(**train_overrides):
+    raw = {**SINUSOID, "train": {**SINUSOID["train"], **train_overrides}}
+    return config.from_dict(raw)
+
+
+def _post_update_mse(learner, n_tasks=200, steps=1, alpha=0.01):
+    src = tasks.build({"kind": "sinusoid", "support": 10, "query": 100}, split="test")
+    r = evaluate.evaluate(learner.model, learner.param_values(), src, maml.mse, maml.mse, steps, alpha,
+                          n_tasks=n_tasks, seed=7)
+    return r["mean"]
+
+
+def test_short_sinusoid_meta_training_learns(tmp_path):
+    it = 2500
+    maml_run = train.train(_cfg(iterations=it, log_every=500, checkpoint_every=it), tmp_path / "maml", quiet=True)
+    pre = train.train(_cfg(iterations=it, inner_steps=0, log_every=500, checkpoint_every=it),
+                      tmp_path / "pre", quiet=True)
+    m = _post_update_mse(maml_run)
+    p = _post_update_mse(pre, alpha=0.02)
+    assert m[1] < 0.6 * m[0], f"post-update MSE {m[1]:.2f} not well below pre-update {m[0]:.2f}"
+    assert m[1] < 0.8 * min(p), f"MAML post-update {m[1]:.2f} not below pretrained fine-tuned {min(p):.2f}"
+    lines = (tmp_path / "maml" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == it // 500
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train.train(_cfg(), tmp_path / "a", quiet=True)
+    first = train.train(_cfg(), tmp_path / "b", quiet=True, stop_after=20)
+    assert int(first.step.numpy()) == 20
+    resumed = train.train(_cfg(), tmp_path / "b", quiet=True)
+    assert int(resumed.step.numpy()) == 40
+    for k in straight.params:
+        np.testing.assert_allclose(resumed.params[k].numpy(), straight.params[k].numpy(), rtol=1e-6, atol=1e-7)
+    # the optimizer state came back too
+    assert int(resumed.optimizer.iterations.numpy()) == 40
+
+
+def test_resume_with_a_different_experiment_is_refused(tmp_path):
+    train.train(_cfg(iterations=10), tmp_path, quiet=True)
+    with pytest.raises(train.TrainingError, match="train.inner_lr"):
+        train.train(_cfg(iterations=20, inner_lr=0.5), tmp_path, quiet=True)
+    # a larger budget is a resume, not a different experiment
+    assert int(train.train(_cfg(iterations=20), tmp_path, quiet=True).step.numpy()) == 20
+
+
+def test_nan_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    train.train(_cfg(iterations=10), tmp_path, quiet=True)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    cfg = _cfg(iterations=30)
+    bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, inner_lr=1e30))
+    (tmp_path / "config.yaml").unlink()  # pretend the config was the same experiment
+    with pytest.raises(train.TrainingError, match="NaN|nan|inf"):
+        train.train(bad, tmp_path, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert np.all(np.isfinite(train.restore(cfg, tmp_path).params["w1"].numpy()))
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("train", "iteratons", 5, "unknown key 'train.iteratons'"),
+    ("train", "meta_batch", "25", "'train.meta_batch' must be of type int"),
+    ("train", "first_order", 1, "'train.first_order' must be of type bool"),
+    ("task", "shots", 5, "unknown key 'task.shots'"),
+    ("model", "size", [1, 2], "unknown key 'model.size'"),
+    ("model", "sizes", "40", "'model.sizes'"),
+    ("eval", "steps", 1.5, "'eval.steps' must be of type int"),
+])
+def test_bad_config_names_the_key(section, key, value, message):
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SINUSOID.items()}
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(raw)
+    assert message in str(err.value)
+
+
+def test_config_files_of_the_repository_are_valid():
+    from reproduce import common
+    paths = sorted(common.CONFIGS.rglob("*.yaml"))
+    assert paths
+    for p in paths:
+        config.load(p)
+
+
+def test_fixed_test_tasks_do_not_depend_on_batching():
+    src = tasks.build({"kind": "sinusoid", "support": 5, "query": 10}, split="test")
+    a = list(evaluate._batches(src, 7, 3, batch=2))
+    b = list(evaluate._batches(src, 7, 3, batch=7))
+    np.testing.assert_array_equal(np.concatenate([x["xs"] for x in a]), b[0]["xs"])
+    r = evaluate.summarize(np.array([[1.0, 2.0, 3.0, 4.0]]))
+    assert r["mean"][0] == 2.5 and r["ci95"][0] == pytest.approx(1.96 * np.std([1, 2, 3, 4]) / 2)
