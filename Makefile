@@ -6,7 +6,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: setup test bench sinusoid data data-omniglot data-miniimagenet
+.PHONY: setup test bench sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
 
 ## setup: a virtual environment in .venv with the pinned requirements
 setup: .venv/.installed
@@ -35,3 +35,23 @@ data-omniglot: setup
 	$(PY) -m data_prep.omniglot $(if $(OMNIGLOT_SOURCE),--source $(OMNIGLOT_SOURCE)) --out data/omniglot
 data-miniimagenet: setup
 	$(PY) -m data_prep.miniimagenet $(if $(MINIIMAGENET_IMAGES),--images $(MINIIMAGENET_IMAGES)) --out data/miniimagenet
+
+## table1: train (or resume) every cell of Table 1 to ITERATIONS (default the paper's 60,000),
+## evaluate the meta-validation checkpoint on 600 test tasks -> results/table1.{md,json}.
+## TABLE1_ARGS="--eval-only" evaluates what is trained; "--cells omniglot_5w1s_conv" picks cells.
+TABLE1_ARGS ?=
+table1: setup data-omniglot
+	$(PY) -m reproduce.table1 $(iters) $(TABLE1_ARGS)
+
+## rl: train (or resume) MAML-TRPO and the baselines on every RL task; regenerate results/rl/
+rl: rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir
+rl-point: setup
+	$(PY) -m reproduce.rl point $(iters)
+rl-cheetah-vel: setup
+	$(PY) -m reproduce.rl cheetah_vel $(iters)
+rl-cheetah-dir: setup
+	$(PY) -m reproduce.rl cheetah_dir $(iters)
+rl-ant-vel: setup
+	$(PY) -m reproduce.rl ant_vel $(iters)
+rl-ant-dir: setup
+	$(PY) -m reproduce.rl ant_dir $(iters)

@@ -125,6 +125,8 @@ def from_dict(raw: dict) -> Config:
     from maml_tf import nets, tasks  # the builders the config names
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping")
+    if "env" in raw:  # an RL config (see RLConfig below)
+        return rl_from_dict(raw)
     top = {f.name: f.type for f in dataclasses.fields(Config)}
     unknown = set(raw) - set(top)
     if unknown:
@@ -165,3 +167,101 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"an override looks like section.key=value, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
+
+
+# ----------------------------------------------------------------------------- RL configs
+
+RL_METHODS = ("maml", "pretrained", "random", "oracle")
+
+
+@dataclass
+class RLTrain:
+    """Meta-training of a policy (paper §5.3; the official MAML-TRPO settings as defaults)."""
+    iterations: int = 500
+    meta_batch: int = 40             # tasks per meta-iteration
+    trajectories: int = 20           # rollouts per task and per adaptation step
+    horizon: int = 200
+    inner_steps: int = 1             # 0 = TRPO on the pre-update samples (pretrained / oracle)
+    inner_lr: float = 0.1
+    first_order: bool = False
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    fd_base_eps: float = 1.0         # finite-difference HVP eps = fd_base_eps / (||theta|| + 1e-8)
+    discount: float = 0.99
+    gae_lambda: float = 1.0
+    checkpoint_every: int = 5
+    log_every: int = 1
+    xla: bool = False
+
+
+@dataclass
+class RLEval:
+    tasks: int = 40
+    seed: int = 12345                # test tasks and test rollouts
+    steps: int = 3                   # adaptation steps at test time (all of 0..steps are reported)
+    trajectories: typing.Optional[int] = None  # None: the training number
+    inner_lr: typing.Optional[float] = None    # None: the training step (or the tuned one)
+    lr_grid: typing.List[float] = field(default_factory=list)  # tuned on training tasks if not empty
+    tune_tasks: int = 20
+    tune_seed: int = 99              # the tasks the step size is tuned on (never the test seed)
+    checkpoint: str = "best"         # best | latest
+
+
+@dataclass
+class RLConfig:
+    experiment: str
+    env: str                         # a registered Gymnasium id (maml_tf.envs)
+    model: dict
+    train: RLTrain
+    eval: RLEval
+    method: str = "maml"             # maml | pretrained | random | oracle
+    seed: int = 0
+    env_kwargs: dict = field(default_factory=dict)
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def rl_from_dict(raw: dict) -> RLConfig:
+    """An RL config: `env` (a registered id), `model` (a policy builder of maml_tf.nets, without
+    obs_dim / act_dim, which come from the environment), `train` (RLTrain), `eval` (RLEval)."""
+    from maml_tf import nets
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a mapping")
+    top = {f.name: f.type for f in dataclasses.fields(RLConfig)}
+    unknown = set(raw) - set(top)
+    if unknown:
+        raise ConfigError(f"unknown key '{sorted(unknown)[0]}'; allowed top-level keys of an RL config: "
+                          f"{', '.join(sorted(top))}")
+    for key in ("experiment", "env", "model"):
+        if key not in raw:
+            raise ConfigError(f"the config needs '{key}'")
+    for key, tp in (("experiment", str), ("env", str), ("method", str), ("seed", int), ("notes", str),
+                    ("env_kwargs", dict)):
+        if key in raw and not _type_ok(raw[key], tp):
+            raise ConfigError(f"'{key}' must be of type {tp.__name__}, got {raw[key]!r}")
+    method = raw.get("method", "maml")
+    if method not in RL_METHODS:
+        raise ConfigError(f"'method' must be one of {', '.join(RL_METHODS)}, got {method!r}")
+    import maml_tf.envs  # noqa: F401  (registers the ids)
+    import gymnasium as gym
+    if raw["env"] not in gym.registry:
+        raise ConfigError(f"'env' {raw['env']!r} is not a registered Gymnasium id")
+    model = raw["model"]
+    if isinstance(model, dict) and model.get("kind") in nets.BUILDERS:
+        for dim in ("obs_dim", "act_dim"):
+            if dim in model:
+                raise ConfigError(f"model.{dim} comes from the environment; remove it from the config")
+    check_call(nets.BUILDERS, "model", {**model, "obs_dim": 1, "act_dim": 1}
+               if isinstance(model, dict) else model)
+    ev = _dataclass(RLEval, "eval", raw.get("eval", {}) or {})
+    if ev.checkpoint not in ("best", "latest"):
+        raise ConfigError(f"'eval.checkpoint' must be best or latest, got {ev.checkpoint!r}")
+    return RLConfig(experiment=raw["experiment"], env=raw["env"], model=model,
+                    train=_dataclass(RLTrain, "train", raw.get("train", {}) or {}), eval=ev,
+                    method=method, seed=raw.get("seed", 0), env_kwargs=raw.get("env_kwargs", {}) or {},
+                    notes=raw.get("notes", ""))

@@ -197,3 +197,48 @@ def build(spec: dict) -> Model:
     """Model from a config's `model` section: {"kind": "mlp" | "conv4", ...its arguments}."""
     spec = dict(spec)
     return BUILDERS[spec.pop("kind")](**spec)
+
+
+# ----------------------------------------------------------------------------- the RL policy
+
+def gaussian_mlp(obs_dim: int, act_dim: int, hidden: list[int] = (100, 100), init_std: float = 1.0,
+                 min_std: float = 1e-6, activation: str = "relu") -> Model:
+    """The Gaussian MLP policy of the RL experiments (paper §5.3; cbfinn/maml_rl
+    `MAMLGaussianMLPPolicy` as used by its MAML-TRPO scripts).
+
+    Mean network obs -> hidden (100, 100, ReLU) -> act_dim, weights Glorot ("Xavier") uniform and
+    biases zero (the official `create_MLP` initialisers); a state-independent log-std parameter
+    initialised to log(init_std) and clamped below at log(min_std) (official min_std 1e-6). Every
+    parameter, log-std included, is adapted by the inner loop (frozen is empty).
+
+    `apply(params, obs [T, N, obs_dim]) -> [T, N, 2 * act_dim]`: the mean and the log-std
+    concatenated on the last axis (`maml_tf.rl.split_dist` splits them), so that the same
+    `maml.inner_step` adapts it with a policy-gradient loss."""
+    sizes = [obs_dim, *hidden, act_dim]
+    n_layers, act = len(sizes) - 1, ACTIVATIONS[activation]
+    min_log_std = math.log(min_std)
+
+    def init(seed: int) -> dict:
+        params, seeds = {}, _seeds(seed, n_layers)
+        for i in range(n_layers):
+            params[f"w{i + 1}"] = _glorot_uniform([sizes[i], sizes[i + 1]], sizes[i], sizes[i + 1],
+                                                  seeds[i])
+            params[f"b{i + 1}"] = tf.zeros([sizes[i + 1]])
+        params["log_std"] = tf.fill([act_dim], math.log(init_std))
+        return params
+
+    def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
+        h = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], obs_dim])
+        for i in range(1, n_layers + 1):
+            h = dense(h, params[f"w{i}"], params[f"b{i}"])
+            if i < n_layers:
+                h = act(h)
+        log_std = tf.maximum(params["log_std"], min_log_std)
+        if _per_task(log_std, 1):
+            log_std = log_std[:, None, :]
+        return tf.concat([h, tf.broadcast_to(log_std, tf.shape(h))], axis=-1)
+
+    return Model(init, apply, frozenset())
+
+
+BUILDERS["gaussian_mlp"] = gaussian_mlp

@@ -54,7 +54,98 @@ class Sinusoid:
                 "yq": f(xq), "amplitude": amp, "phase": phase}
 
 
-BUILDERS: dict[str, type] = {"sinusoid": Sinusoid}
+class MissingData(FileNotFoundError):
+    """A dataset file is absent; the message says which make target or command produces it."""
+
+
+class FewShot:
+    """N-way K-shot episodes from images held in memory, [classes, examples, H, W, C].
+
+    Each task draws `way` classes of the split, labels them 0..way-1 in a random order, and draws
+    `shot` support and `query` query examples of each class, all distinct. With `rotate`, each
+    class of a task gets one random rotation by a multiple of 90 degrees, applied to all its images
+    (Omniglot: the rotated characters are new classes; in training and testing alike)."""
+
+    def __init__(self, images: np.ndarray, way: int, shot: int, query: int, rotate: bool, scale: float = 1.0):
+        self.images, self.way, self.shot, self.query = images, way, shot, query
+        self.rotate, self.scale = rotate, np.float32(scale)
+        n_classes, n_examples = images.shape[:2]
+        if way > n_classes or shot + query > n_examples:
+            raise ValueError(f"{way}-way {shot}-shot with {query} queries needs {way} classes of "
+                             f"{shot + query} examples; this split has {n_classes} of {n_examples}")
+
+    def sample(self, rng: np.random.Generator, n_tasks: int) -> dict:
+        n_classes, n_examples = self.images.shape[:2]
+        classes = np.argsort(rng.random((n_tasks, n_classes)), axis=1)[:, :self.way]       # [T, N]
+        picks = np.argsort(rng.random((n_tasks, self.way, n_examples)), axis=2)[..., :self.shot + self.query]
+        x = self.images[classes[..., None], picks]                                         # [T, N, K+Q, H, W, C]
+        if self.rotate:
+            turns = rng.integers(0, 4, size=(n_tasks, self.way))
+            for k in (1, 2, 3):
+                x[turns == k] = np.rot90(x[turns == k], k, axes=(2, 3))
+        x = x.astype(np.float32) * self.scale
+        labels = np.broadcast_to(np.arange(self.way, dtype=np.int32)[None, :, None],
+                                 (n_tasks, self.way, self.shot + self.query))
+        flat = lambda a, lo, hi: a[:, :, lo:hi].reshape((n_tasks, -1) + a.shape[3:])
+        k = self.shot
+        return {"xs": flat(x, 0, k), "ys": flat(labels, 0, k), "xq": flat(x, k, None),
+                "yq": flat(labels, k, None), "classes": classes}
+
+
+OMNIGLOT_SPLIT = {"train": 1100, "val": 100, "test": 423}   # official sizes, characters
+
+
+def omniglot_split(n_characters: int, split: str, seed: int) -> np.ndarray:
+    """Character indices of a split: a seeded permutation of all characters, cut 1100/100/423."""
+    order = np.random.default_rng(seed).permutation(n_characters)
+    a, b = OMNIGLOT_SPLIT["train"], OMNIGLOT_SPLIT["train"] + OMNIGLOT_SPLIT["val"]
+    return {"train": order[:a], "val": order[a:b], "test": order[b:]}[split]
+
+
+_cache: dict = {}
+
+
+def _load_once(key, loader):
+    if key not in _cache:
+        _cache[key] = loader()
+    return _cache[key]
+
+
+class Omniglot(FewShot):
+    """Omniglot episodes (28x28, ink = 1). The 1623 characters are split 1100 / 100 / 423 by a
+    seeded permutation (official sizes; the official shuffle depended on file-system order and
+    cannot be replayed), irrespective of alphabet."""
+
+    def __init__(self, way: int, shot: int, query: int, path: str = "data/omniglot/omniglot28.npz",
+                 rotate: bool = True, split_seed: int = 1, split: str = "train"):
+        from data_prep.omniglot import load_omniglot
+        path = _resolve(path, "make data-omniglot")
+        images = _load_once(("omniglot", str(path)), lambda: load_omniglot(path)[0][..., None])
+        super().__init__(images[omniglot_split(len(images), split, split_seed)], way, shot, query, rotate)
+
+
+class MiniImagenet(FewShot):
+    """MiniImagenet episodes (84x84x3, pixels / 255), the Ravi & Larochelle class split."""
+
+    def __init__(self, way: int, shot: int, query: int, path: str = "data/miniimagenet",
+                 split: str = "train"):
+        from data_prep.miniimagenet import load_split
+        file = _resolve(f"{path}/{split}.npz", "make data-miniimagenet MINIIMAGENET_IMAGES=/path/to/images")
+        images = _load_once(("miniimagenet", str(file)), lambda: load_split(file, raw=True)[0])
+        super().__init__(images, way, shot, query, rotate=False, scale=1.0 / 255.0)
+
+
+def _resolve(path, how: str):
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = Path(__file__).resolve().parent.parent / p
+    if not p.exists():
+        raise MissingData(f"dataset file {path} not found: run `{how}` first (see README, Data)")
+    return p
+
+
+BUILDERS: dict[str, type] = {"sinusoid": Sinusoid, "omniglot": Omniglot, "miniimagenet": MiniImagenet}
 
 
 def build(spec: dict, split: str = "train"):

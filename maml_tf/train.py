@@ -35,8 +35,9 @@ class TrainingError(RuntimeError):
 def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+    if name == "mirrored":  # all GPUs, or all (logical) CPUs where there is none
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise TrainingError(f"train.distribute must be default, mirrored or multi_worker, got {name!r}")
@@ -70,7 +71,9 @@ class MetaLearner:
         self.checkpoint = tf.train.Checkpoint(params=self.params, alpha=self.alpha,
                                               optimizer=self.optimizer, step=self.step,
                                               wall_time=self.wall_time)
-        self._grads = tf.function(self._replica_grads, jit_compile=t.xla)
+        # The compiled meta-gradient is a pure function of parameter values (no captured
+        # variables), so one XLA program serves every replica's device.
+        self._grads = tf.function(self._meta_gradient, jit_compile=t.xla)
         self._train_step = tf.function(self._distributed_step)
 
     @property
@@ -78,16 +81,18 @@ class MetaLearner:
         return list(self.params.values()) + list(self.alpha.values())
 
     def inner_lr(self):
-        return {k: v for k, v in self.alpha.items()} if self.alpha else self.cfg.train.inner_lr
+        return {k: v.value() for k, v in self.alpha.items()} if self.alpha else self.cfg.train.inner_lr
 
-    def _replica_grads(self, batch):
+    def _meta_gradient(self, params: dict, alpha, batch: dict):
         t = self.cfg.train
-        loss, grads = maml.meta_gradient(self.model, dict(self.params), batch, self.loss_fn,
-                                         t.inner_steps, self.inner_lr(), t.first_order)
-        return loss, grads
+        return maml.meta_gradient(self.model, params, batch, self.loss_fn, t.inner_steps, alpha,
+                                  t.first_order)
+
+    def _replica_step(self, batch):
+        return self._grads(self.param_values(), self.inner_lr(), batch)
 
     def _distributed_step(self, batch):
-        loss, grads = self.strategy.run(self._grads, args=(batch,))
+        loss, grads = self.strategy.run(self._replica_step, args=(batch,))
         mean = lambda x: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
         loss = mean(loss)
         flat = [mean(grads["params"][k]) for k in self.params]
@@ -121,6 +126,20 @@ def dataset(source, seed: int, start: int, stop: int, meta_batch: int) -> tf.dat
             yield _model_batch(source.sample(tasks.stream_rng(seed, i), meta_batch))
 
     return tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(4)
+
+
+def split_across_replicas(strategy: tf.distribute.Strategy, batch: dict):
+    """Give each replica its contiguous share of the task batch (every worker draws the same
+    global batch from the (seed, iteration) stream and keeps its replicas' shares)."""
+    n = strategy.num_replicas_in_sync
+    if n == 1:
+        return batch
+
+    def share(ctx):
+        i = ctx.replica_id_in_sync_group
+        return {k: v[i * (v.shape[0] // n):(i + 1) * (v.shape[0] // n)] for k, v in batch.items()}
+
+    return strategy.experimental_distribute_values_from_function(share)
 
 
 def _check_resume(run_dir: Path, cfg: Config) -> None:
@@ -170,14 +189,22 @@ class _Log:
 
 
 def validate(learner: MetaLearner, cfg: Config) -> float:
-    """Mean meta-validation metric after the training number of inner steps, on fixed tasks."""
+    """Mean meta-validation metric with the test protocol (eval.task, eval.steps, the reported
+    step), on `val_tasks` fixed tasks of the validation split."""
     from maml_tf import evaluate
-    t = cfg.train
-    source = tasks.build(cfg.task, split="val")
+    t, e = cfg.train, cfg.eval
+    source = tasks.build({**cfg.task, **e.task}, split="val")
     res = evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn,
-                            learner.metric_fn, steps=t.inner_steps, alpha=learner.inner_lr(),
-                            n_tasks=t.val_tasks, seed=t.val_seed, batch=cfg.eval.batch)
-    return float(res["mean"][-1])
+                            learner.metric_fn, steps=e.steps, alpha=test_inner_lr(learner, cfg),
+                            n_tasks=t.val_tasks, seed=t.val_seed, batch=e.batch)
+    return float(res["mean"][e.steps if e.report_step is None else e.report_step])
+
+
+def test_inner_lr(learner: MetaLearner, cfg: Config):
+    """The test-time step size: the meta-learned one, eval.inner_lr, or the training one."""
+    if learner.alpha:
+        return learner.inner_lr()
+    return cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr
 
 
 def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None) -> MetaLearner:
@@ -208,7 +235,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
     best = json.loads(best_path.read_text()) if best_path.exists() else None
     log = _Log(run_dir, t.iterations, quiet)
     source = tasks.build(cfg.task, split="train")
-    data = strategy.experimental_distribute_dataset(dataset(source, cfg.seed, start, stop, t.meta_batch))
+    data = dataset(source, cfg.seed, start, stop, t.meta_batch)
 
     def save(step: int) -> None:
         finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.variables)
@@ -223,7 +250,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
     wall0 = float(learner.wall_time.numpy())
     try:
         for batch in data:
-            loss = learner.train_step(batch)
+            loss = learner.train_step(split_across_replicas(strategy, batch))
             step += 1
             loss_sum = loss_sum + loss
             if step % t.log_every == 0 or step == stop:

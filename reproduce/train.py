@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from maml_tf import train as train_lib
-from maml_tf.config import ConfigError
+from maml_tf.config import ConfigError, RLConfig
 from reproduce import common
 
 
@@ -18,7 +18,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = common.load(args.config, args.iterations, args.set)
-        train_lib.train(cfg, args.run_dir or common.run_dir(cfg, args.results), quiet=args.quiet)
+        if isinstance(cfg, RLConfig):  # an RL config (reproduce/configs/rl/...)
+            from maml_tf import rl_train
+            rl_train.train(cfg, args.run_dir or common.run_dir(cfg, args.results), quiet=args.quiet)
+        else:
+            train_lib.train(cfg, args.run_dir or common.run_dir(cfg, args.results), quiet=args.quiet)
     except (ConfigError, train_lib.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

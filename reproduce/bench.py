@@ -1,0 +1,153 @@
+"""`make bench`: seconds per meta-iteration (median after compilation) of the compiled meta-step,
+its FLOP count, and the ratio of the measured time to the time that FLOP count takes at this
+machine's measured float32 matrix-multiply rate. Written to results/bench/latest.json.
+
+The FLOP count is read off the traced graph of the meta-step (forward, inner gradients, outer
+gradients): every matrix multiplication (MatMul, BatchMatMul, Einsum) and convolution, 2 FLOPs per
+multiply-add. Elementwise work (batch norm, ReLU, Adam) is not counted: the floor is the time the
+matrix work alone would take at the machine's best matmul rate.
+
+    python -m reproduce.bench [--repeats 30] [--out results/bench/latest.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import config, records, tasks, train
+from reproduce import common
+
+
+def matmul_rate(n: int = 1536, repeats: int = 10) -> float:
+    """Best measured float32 matmul throughput of this machine, FLOP/s (all cores TF uses)."""
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda a, b: tf.matmul(a, b), jit_compile=True)
+    mm(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a, b).numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def _dims(shape) -> list[int]:
+    return [int(d) for d in shape]
+
+
+def op_flops(op) -> int:
+    """FLOPs of one matrix-multiply or convolution op of a traced graph (0 for any other op)."""
+    t = op.type
+    try:
+        if t == "MatMul":
+            a, b = _dims(op.inputs[0].shape), _dims(op.inputs[1].shape)
+            m = a[1] if op.get_attr("transpose_a") else a[0]
+            k = a[0] if op.get_attr("transpose_a") else a[1]
+            n = b[0] if op.get_attr("transpose_b") else b[1]
+            return 2 * m * k * n
+        if t in ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"):
+            a, b = _dims(op.inputs[0].shape), _dims(op.inputs[1].shape)
+            adj_x, adj_y = op.get_attr("adj_x"), op.get_attr("adj_y")
+            m, k = (a[-1], a[-2]) if adj_x else (a[-2], a[-1])
+            n = b[-2] if adj_y else b[-1]
+            batch = np.prod(np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))) if len(a) > 2 or len(b) > 2 else 1
+            return int(2 * batch * m * k * n)
+        if t == "Einsum":
+            eq = op.get_attr("equation").decode()
+            ins = eq.split("->")[0].split(",")
+            sizes = {}
+            for letters, x in zip(ins, op.inputs):
+                for c, d in zip(letters, _dims(x.shape)):
+                    sizes[c] = d
+            return int(2 * np.prod(list(sizes.values())))
+        if t == "Conv2D":  # (the nets write convolutions as matmuls; kept for other models)
+            kh, kw, cin, _ = _dims(op.inputs[1].shape)
+            return int(2 * np.prod(_dims(op.outputs[0].shape)) * kh * kw * cin)
+    except (ValueError, TypeError):
+        return 0  # unknown static shape: not counted
+    return 0
+
+
+def graph_flops(concrete) -> int:
+    return sum(op_flops(op) for op in concrete.graph.get_operations())
+
+
+SETTINGS = {
+    # name: (config, overrides)
+    "sinusoid_second_order": ("sinusoid/maml", {}),
+    "sinusoid_first_order": ("sinusoid/maml", {"train.first_order": True}),
+    "omniglot_5w1s_conv_second_order": ("omniglot/conv_5w1s", {}),
+    "omniglot_5w1s_conv_first_order": ("omniglot/conv_5w1s", {"train.first_order": True}),
+}
+
+
+def synthetic_source(cfg):
+    """The task shapes of the config, with random images: the benchmark needs no dataset."""
+    if cfg.task["kind"] == "sinusoid":
+        return tasks.build(cfg.task)
+    t = cfg.task
+    images = np.random.default_rng(0).random((100, 20, 28, 28, 1)).astype(np.float32)
+    return tasks.FewShot(images, t["way"], t["shot"], t["query"], rotate=True)
+
+
+def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate: float) -> dict:
+    cfg = common.load(cfg_name, sets=[f"{k}={v}" for k, v in overrides.items()])
+    learner = train.MetaLearner(cfg)
+    source = synthetic_source(cfg)
+    batch = {k: tf.constant(v) for k, v in train._model_batch(
+        source.sample(np.random.default_rng(0), cfg.train.meta_batch)).items()}
+    t0 = time.perf_counter()
+    learner.train_step(batch).numpy()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        learner.train_step(batch).numpy()
+        times.append(time.perf_counter() - t0)
+    flops = graph_flops(learner._grads.get_concrete_function(learner.param_values(), learner.inner_lr(), batch))
+    sec = float(np.median(times))
+    floor = flops / rate
+    return {"name": name, "config": cfg_name, "overrides": overrides, "meta_batch": cfg.train.meta_batch,
+            "seconds_per_iteration": sec, "flops_per_iteration": flops, "floor_seconds": floor,
+            "ratio_to_floor": sec / floor if floor else None, "compile_seconds": compile_s,
+            "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--out", default=str(common.RESULTS / "bench" / "latest.json"))
+    p.add_argument("--only", default=None, help="run only the settings whose name contains this")
+    args = p.parse_args(argv)
+    rate = matmul_rate()
+    rows = [bench_setting(n, c, o, args.repeats, rate) for n, (c, o) in SETTINGS.items()
+            if args.only is None or args.only in n]
+    extra = []
+    try:
+        from reproduce import bench_rl
+        extra = bench_rl.sampler_benchmark()
+    except ImportError:
+        pass
+    load = os.getloadavg()
+    out = {"written": records.now(), "commit": records.commit(), "machine": records.machine(),
+           "load_average_at_start": load[0], "matmul_flops_per_second": rate, "settings": rows,
+           "rl_sampler": extra}
+    records.write_json(args.out, out)
+    print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s (float32); load average {load[0]:.2f}")
+    print(f"{'setting':36s} {'s/iter':>9s} {'GFLOP/iter':>11s} {'floor s':>9s} {'ratio':>6s} {'compile s':>9s}")
+    for r in rows:
+        print(f"{r['name']:36s} {r['seconds_per_iteration']:9.4f} {r['flops_per_iteration'] / 1e9:11.3f} "
+              f"{r['floor_seconds']:9.4f} {r['ratio_to_floor']:6.2f} {r['compile_seconds']:9.1f}")
+    for r in extra:
+        print(f"{r['name']:36s} {r['env_steps_per_second']:12.0f} env steps/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Reinforcement learning (paper §5.3): train (or resume) MAML-TRPO and the baselines (pretrained,
+random initialisation, oracle) for one environment, evaluate them on 40 fixed test tasks after 0..3
+adaptation steps (point: 0..4), and regenerate results/rl/: <env>.json, table.md and the figures
+(like Figures 4 and 5).
+
+    python -m reproduce.rl point [--iterations N] [--methods maml pretrained ...]   # make rl-point
+
+ENV is one of point, cheetah_vel, cheetah_dir, ant_vel, ant_dir. Methods not trained in this call
+keep their metrics from an earlier results/rl/<env>.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from maml_tf import records
+from maml_tf import rl_train
+from maml_tf.config import ConfigError
+from maml_tf.train import TrainingError
+from reproduce import common
+
+ENVS = ("point", "cheetah_vel", "cheetah_dir", "ant_vel", "ant_dir")
+BASE_METHODS = ("maml", "pretrained", "random", "oracle")
+EXTRA_METHODS = {"point": ("maml_alpha0.5",)}  # the official script's inner step, beside the paper's
+TITLES = {"point": "2D point navigation", "cheetah_vel": "half-cheetah goal velocity",
+          "cheetah_dir": "half-cheetah forward/backward", "ant_vel": "ant goal velocity",
+          "ant_dir": "ant forward/backward"}
+# Average return after 0 / 1 / 2 / 3 policy-gradient steps and the oracle (../shared/REFERENCE.md,
+# from the official result files; point and cheetah direction match paper Tables 4 and 5).
+PAPER = {"point": ([-40.41, -11.68, -3.33, -3.23], -2.29),
+         "cheetah_vel": ([-129.5, -78.6, -66.6, -60.8], -54.5),
+         "cheetah_dir": ([-50.7, 293.2, 313.5, 315.7], 442.7),
+         "ant_vel": ([30.6, 96.7, 100.1, 101.4], 107.9),
+         "ant_dir": ([8.7, 499.2, 500.7, 499.1], 524.8)}
+STYLES = {"maml": ("MAML (ours)", "tab:green"), "maml_alpha0.5": ("MAML, alpha 0.5 (code)", "tab:olive"),
+          "pretrained": ("pretrained + fine-tune", "tab:red"), "random": ("random init + fine-tune", "tab:gray"),
+          "oracle": ("oracle", "tab:blue")}
+
+
+def methods_of(env: str) -> tuple[str, ...]:
+    return BASE_METHODS + EXTRA_METHODS.get(env, ())
+
+
+def run_method(env: str, name: str, args) -> tuple[dict, dict]:
+    """Train (or resume) one method, evaluate it; (metrics, run record)."""
+    cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"  # a path: names like maml_alpha0.5 have a dot
+    cfg = common.load(cfg_name, None if name == "random" else args.iterations, args.set)
+    run_dir = common.run_dir(cfg, args.results) if name in BASE_METHODS else \
+        args.results / cfg.experiment / name
+    if not args.quiet:
+        print(f"== {env}/{name}: training to {0 if name == 'random' else cfg.train.iterations} iterations",
+              file=sys.stderr)
+    rl_train.train(cfg, run_dir, quiet=args.quiet)
+    learner, evaluated = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
+    if not args.quiet:
+        print(f"== {env}/{name}: evaluating iteration {evaluated} ({cfg.eval.checkpoint}) on "
+              f"{cfg.eval.tasks} test tasks", file=sys.stderr)
+    metrics = rl_train.evaluate(cfg, learner)
+    metrics.pop("per_task", None)
+    run = common.record(cfg, learner, common.paper_iterations(cfg_name))
+    run["evaluated_iteration"] = evaluated
+    run["env_steps"] = int(learner.env_steps.numpy())
+    best = run_dir / "best.json"
+    if best.exists():
+        run["best"] = json.loads(best.read_text())
+    return metrics, run
+
+
+def findings(env: str, metrics: dict, runs: dict) -> list[str]:
+    out = []
+    paper, oracle = PAPER[env]
+    if "maml" in metrics:
+        m = metrics["maml"]["returns"]
+        out.append(f"MAML: {' / '.join(f'{v:.2f}' for v in m[:4])} after 0..3 steps "
+                   f"(paper {' / '.join(str(v) for v in paper)}).")
+    if env == "point" and "maml" in metrics and "maml_alpha0.5" in metrics:
+        err = lambda name: float(np.mean([abs(a - b) for a, b in zip(metrics[name]["returns"][:4], paper)]))
+        a, b = err("maml"), err("maml_alpha0.5")
+        closer = "alpha = 0.1 (the paper's)" if a <= b else "alpha = 0.5 (the official script's)"
+        out.append(f"Inner step: mean absolute gap to the paper's 0..3-step returns {a:.2f} with alpha = 0.1 "
+                   f"and {b:.2f} with alpha = 0.5; {closer} reproduces Table 4 / Figure 4 more closely.")
+    for name in ("pretrained", "random"):
+        if name in metrics and metrics[name].get("alpha") is not None:
+            out.append(f"{name}: fine-tuning step {metrics[name]['alpha']}, tuned on training tasks "
+                       f"(search: {metrics[name].get('alpha_search')}).")
+    if "oracle" in metrics:
+        out.append(f"Oracle: {metrics['oracle']['returns'][0]:.2f} (paper {oracle}).")
+    partial = [f"{n} ({r['iterations']} of {r['paper_iterations']})" for n, r in runs.items()
+               if r["status"] != "full"]
+    if partial:
+        out.append(f"PARTIAL: {', '.join(partial)} iterations; not the full reproduction.")
+    return out
+
+
+# ----------------------------------------------------------------------------- table and figures
+
+def table(results_dir: Path) -> str:
+    lines = ["# RL (paper §5.3): average return after 0..3 policy-gradient steps", "",
+             "Generated by `make rl` (`python -m reproduce.rl ENV`); do not edit by hand. Test protocol: 40 "
+             "test tasks drawn with a fixed seed, fresh rollouts (20 per task) at every step, step alpha for "
+             "the first update and alpha/2 after; mean return over tasks and 95% CI (1.96 std / sqrt(40)). "
+             "Paper numbers: ../shared/REFERENCE.md (official result files).", ""]
+    for env in ENVS:
+        path = results_dir / f"{env}.json"
+        if not path.exists():
+            continue
+        s = json.loads(path.read_text())
+        paper, oracle = PAPER[env]
+        n_steps = max(len(m["returns"]) for m in s["metrics"].values())
+        lines += [f"## {TITLES[env]}", "", f"Commit {s['commit']}, written {s['written']}.", "",
+                  "| method | iterations (paper) | " + " | ".join(f"{k} steps" for k in range(n_steps)) + " |",
+                  "|---|---|" + "---|" * n_steps]
+        for name, m in s["metrics"].items():
+            run = s["runs"][name]
+            label = f"{run['iterations']} ({run['paper_iterations']})"
+            if run["status"] != "full":
+                label += ", PARTIAL"
+            cells = [f"{v:.2f} ± {c:.2f}" for v, c in zip(m["returns"], m["ci95"])]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+        lines.append("| paper, MAML | | " + " | ".join(str(v) for v in paper) + " |" + " |" * (n_steps - 4))
+        lines.append(f"| paper, oracle | | {oracle} |" + " |" * (n_steps - 1))
+        lines += [""] + [f"- {f}" for f in s.get("findings", [])] + [""]
+    return "\n".join(lines)
+
+
+def _plot_env(ax, s: dict, env: str) -> None:
+    for name, m in s["metrics"].items():
+        label, color = STYLES.get(name, (name, None))
+        y, ci = np.array(m["returns"]), np.array(m["ci95"])
+        x = np.arange(len(y))
+        ls = "--" if name == "oracle" else "-"
+        ax.plot(x, y, ls, marker="o", ms=3, color=color, label=label)
+        ax.fill_between(x, y - ci, y + ci, color=color, alpha=0.15)
+    paper, oracle = PAPER[env]
+    ax.plot(range(len(paper)), paper, "x", color="black", ms=7, mew=2, label="paper, MAML")
+    ax.axhline(oracle, color="black", lw=0.8, ls=":", label="paper, oracle")
+    partial = any(r["status"] != "full" for r in s["runs"].values())
+    ax.set_title(TITLES[env] + (" (PARTIAL)" if partial else ""), fontsize=9)
+    ax.set_xticks(range(max(len(m["returns"]) for m in s["metrics"].values())))
+    ax.set_xlabel("number of gradient steps")
+    ax.set_ylabel("average return")
+    ax.legend(fontsize=6)
+
+
+def figures(results_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    data = {env: json.loads((results_dir / f"{env}.json").read_text()) for env in ENVS
+            if (results_dir / f"{env}.json").exists()}
+    if "point" in data:
+        fig, ax = plt.subplots(figsize=(5, 3.8))
+        _plot_env(ax, data["point"], "point")
+        fig.suptitle("Figure 4 (ours): 2D navigation, 40 test tasks, 95% CI", fontsize=9)
+        fig.tight_layout()
+        path = results_dir / "fig4_point.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    loco = [env for env in ENVS[1:] if env in data]
+    if loco:
+        fig, axes = plt.subplots(1, len(loco), figsize=(4.6 * len(loco), 3.8), squeeze=False)
+        for ax, env in zip(axes[0], loco):
+            _plot_env(ax, data[env], env)
+        fig.suptitle("Figure 5 (ours): locomotion, 40 test tasks, 95% CI", fontsize=9)
+        fig.tight_layout()
+        path = results_dir / "fig5_locomotion.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    p = common.parser(__doc__)
+    p.add_argument("env", choices=ENVS)
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"which methods to train and evaluate (default: all: {', '.join(BASE_METHODS)}, and "
+                        f"for point also {', '.join(EXTRA_METHODS['point'])})")
+    args = p.parse_args(argv)
+    methods = args.methods or list(methods_of(args.env))
+    unknown = [m for m in methods if m not in methods_of(args.env)]
+    if unknown:
+        print(f"error: unknown method(s) {', '.join(unknown)} for {args.env}; choose from "
+              f"{', '.join(methods_of(args.env))}", file=sys.stderr)
+        return 2
+    out = args.results / "rl"
+    path = out / f"{args.env}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    metrics, runs = dict(old.get("metrics", {})), dict(old.get("runs", {}))
+    try:
+        for name in methods:
+            metrics[name], runs[name] = run_method(args.env, name, args)
+    except (ConfigError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    order = [m for m in methods_of(args.env) if m in metrics]
+    metrics, runs = {m: metrics[m] for m in order}, {m: runs[m] for m in order}
+    main_run = runs.get("maml") or next(iter(runs.values()))
+    summary = {"experiment": f"rl/{args.env}", "config": main_run["config"], "commit": records.commit(),
+               "iterations": main_run["iterations"], "paper_iterations": main_run["paper_iterations"],
+               "status": main_run["status"], "seed": main_run["seed"],
+               "wall_time_s": round(sum(r["wall_time_s"] for r in runs.values()), 1),
+               "machine": records.machine(), "written": records.now(),
+               "eval_tasks": main_run["config"]["eval"]["tasks"], "eval_seed": main_run["config"]["eval"]["seed"],
+               "metrics": metrics, "runs": runs,
+               "paper": {"maml": PAPER[args.env][0], "oracle": PAPER[args.env][1]}}
+    summary["findings"] = findings(args.env, metrics, runs)
+    out.mkdir(parents=True, exist_ok=True)
+    records.write_json(path, summary)
+    (out / "table.md").write_text(table(out))
+    figures(out)
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

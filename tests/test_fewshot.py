@@ -1,0 +1,83 @@
+"""Few-shot episodes: the Omniglot split, rotations, shapes and labels, and a short real run."""
+import numpy as np
+import pytest
+
+from maml_tf import config, evaluate, tasks, train
+
+
+def test_omniglot_split_sizes_and_disjointness():
+    parts = {s: tasks.omniglot_split(1623, s, seed=1) for s in ("train", "val", "test")}
+    assert {s: len(p) for s, p in parts.items()} == {"train": 1100, "val": 100, "test": 423}
+    allc = np.concatenate(list(parts.values()))
+    assert len(np.unique(allc)) == 1623
+    np.testing.assert_array_equal(parts["test"], tasks.omniglot_split(1623, "test", seed=1))  # fixed
+    assert not np.array_equal(parts["test"], tasks.omniglot_split(1623, "test", seed=2))
+
+
+def _labelled_images(n_classes=30, n_examples=20, size=6):
+    """Every image is unique and asymmetric; pixel [0, 0] encodes (class, example)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((n_classes, n_examples, size, size, 1)).astype(np.float32)
+    return x
+
+
+def _find(images, img):
+    """(class, example, k) such that rot90(images[class, example], k) == img."""
+    for k in range(4):
+        r = np.rot90(images, k, axes=(2, 3))
+        hit = np.argwhere(np.all(r == img, axis=(2, 3, 4)))
+        if len(hit):
+            return int(hit[0][0]), int(hit[0][1]), k
+    raise AssertionError("image not found")
+
+
+def test_episode_shapes_labels_and_rotations():
+    images = _labelled_images()
+    src = tasks.FewShot(images, way=5, shot=2, query=3, rotate=True)
+    b = src.sample(np.random.default_rng(3), 4)
+    assert b["xs"].shape == (4, 10, 6, 6, 1) and b["xq"].shape == (4, 15, 6, 6, 1)
+    assert b["ys"].dtype == np.int32
+    rotations = set()
+    for t in range(4):
+        assert sorted(np.bincount(b["ys"][t])) == [2] * 5 and sorted(np.bincount(b["yq"][t])) == [3] * 5
+        per_label, seen = {}, set()
+        for x, y in list(zip(b["xs"][t], b["ys"][t])) + list(zip(b["xq"][t], b["yq"][t])):
+            c, e, k = _find(images, x)
+            assert (c, e) not in seen            # support and query never share an image
+            seen.add((c, e))
+            per_label.setdefault(int(y), set()).add((c, k))
+        for y, ck in per_label.items():
+            assert len(ck) == 1                  # one class and one rotation per label
+            rotations.add(next(iter(ck))[1])
+        assert len({next(iter(v))[0] for v in per_label.values()}) == 5  # five distinct classes
+    assert rotations == {0, 1, 2, 3}
+    plain = tasks.FewShot(images, way=5, shot=2, query=3, rotate=False).sample(np.random.default_rng(3), 4)
+    assert all(_find(images, x)[2] == 0 for x in plain["xs"].reshape(-1, 6, 6, 1))
+
+
+def test_no_meta_test_character_in_meta_training(omniglot_npz):
+    src = tasks.build({"kind": "omniglot", "way": 20, "shot": 1, "query": 1, "path": str(omniglot_npz)})
+    train_ids = tasks.omniglot_split(1623, "train", 1)
+    test_ids = set(tasks.omniglot_split(1623, "test", 1).tolist())
+    used = set()
+    for i in range(50):
+        used |= set(train_ids[src.sample(tasks.stream_rng(0, i), 16)["classes"]].ravel().tolist())
+    assert not used & test_ids and len(used) > 900
+
+
+def test_missing_dataset_says_what_to_run(tmp_path):
+    with pytest.raises(tasks.MissingData, match="make data-omniglot"):
+        tasks.build({"kind": "omniglot", "way": 5, "shot": 1, "query": 1, "path": str(tmp_path / "none.npz")})
+
+
+def test_short_omniglot_run_learns_well_above_chance(omniglot_npz, tmp_path):
+    cfg = config.from_dict({
+        "experiment": "o", "task": {"kind": "omniglot", "way": 5, "shot": 1, "query": 1, "path": str(omniglot_npz)},
+        "model": {"kind": "conv4", "n_out": 5, "channels": 1, "filters": 32, "image_size": 28, "max_pool": False},
+        "train": {"iterations": 300, "meta_batch": 16, "inner_lr": 0.4, "log_every": 100, "checkpoint_every": 300},
+        "eval": {"steps": 3}})
+    learner = train.train(cfg, tmp_path, quiet=True)
+    res = evaluate.evaluate(learner.model, learner.param_values(), tasks.build(cfg.task, split="test"),
+                            learner.loss_fn, learner.metric_fn, 3, 0.4, n_tasks=100, seed=5)
+    assert res["mean"][3] > 0.45, f"5-way accuracy {res['mean'][3]:.2f} after 300 iterations (chance 0.2)"
+    assert res["mean"][3] > res["mean"][0] + 0.2

@@ -1,0 +1,259 @@
+"""Policy-gradient MAML: the Gaussian policy, log-likelihood and KL, the sampler, the inner step, the
+MAML-TRPO step, the RL config and training loop, and a short point-navigation meta-training run."""
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from maml_tf import config, maml, nets, rl, rl_train
+
+POINT = "maml/Point2D-v0"
+
+
+def _policy(obs_dim=2, act_dim=2, hidden=(16, 16)):
+    return nets.gaussian_mlp(obs_dim, act_dim, hidden=list(hidden))
+
+
+def _rl_config(tmp_overrides=None, **train):
+    raw = {"experiment": "rl/test", "method": "maml", "seed": 3, "env": POINT,
+           "model": {"kind": "gaussian_mlp", "hidden": [32, 32]},
+           "train": {"iterations": 4, "meta_batch": 4, "trajectories": 5, "horizon": 30,
+                     "inner_lr": 0.1, "checkpoint_every": 2, **train},
+           "eval": {"tasks": 4, "steps": 2, "lr_grid": [0.05, 0.1], "tune_tasks": 3}}
+    raw.update(tmp_overrides or {})
+    return config.from_dict(raw)
+
+
+# ----------------------------------------------------------------------------- policy and distributions
+
+def test_gaussian_policy_init_and_shapes():
+    m = nets.gaussian_mlp(5, 3)
+    p = m.init(0)
+    assert p["w1"].shape == (5, 100) and p["w2"].shape == (100, 100) and p["w3"].shape == (100, 3)
+    assert m.frozen == frozenset()
+    np.testing.assert_array_equal(p["log_std"].numpy(), np.zeros(3))       # log(1.0)
+    for b in ("b1", "b2", "b3"):
+        np.testing.assert_array_equal(p[b].numpy(), 0.0)
+    limit = math.sqrt(6 / (100 + 100))                                        # Glorot uniform
+    assert np.abs(p["w2"].numpy()).max() <= limit and np.abs(p["w2"].numpy()).max() > 0.9 * limit
+    x = tf.random.normal([4, 7, 5])
+    out = m.apply(p, x)
+    assert out.shape == (4, 7, 6)
+    np.testing.assert_array_equal(out[..., 3:].numpy(), 0.0)
+    fast = maml.per_task(m, p, 4)                                              # per-task copies
+    np.testing.assert_allclose(m.apply(fast, x).numpy(), out.numpy(), atol=1e-5)
+    assert set(nets.BUILDERS) >= {"mlp", "conv4", "gaussian_mlp"}
+
+
+def test_gaussian_log_prob_and_kl_match_closed_forms():
+    rng = np.random.default_rng(0)
+    m0, m1, x = (rng.normal(size=(3, 4, 2)) for _ in range(3))
+    ls0, ls1 = rng.normal(0, 0.5, (3, 4, 2)), rng.normal(0, 0.5, (3, 4, 2))
+    ref_logp = np.sum(-0.5 * ((x - m0) / np.exp(ls0)) ** 2 - ls0 - 0.5 * np.log(2 * np.pi), -1)
+    np.testing.assert_allclose(rl.gaussian_log_prob(m0, ls0, x).numpy(), ref_logp, rtol=1e-10)
+    s0, s1 = np.exp(ls0), np.exp(ls1)
+    ref_kl = np.sum(np.log(s1 / s0) + (s0 ** 2 + (m0 - m1) ** 2) / (2 * s1 ** 2) - 0.5, -1)
+    np.testing.assert_allclose(rl.gaussian_kl(m0, ls0, m1, ls1).numpy(), ref_kl, rtol=1e-10)
+    np.testing.assert_allclose(rl.gaussian_kl(m0, ls0, m0, ls0).numpy(), 0.0, atol=1e-12)
+    # the KL is the expectation of log p0 - log p1 under p0 (Monte Carlo, one entry)
+    z = m0[0, 0] + s0[0, 0] * rng.normal(size=(200000, 2))
+    mc = np.mean(rl.gaussian_log_prob(m0[0, 0], ls0[0, 0], z).numpy()
+                 - rl.gaussian_log_prob(m1[0, 0], ls1[0, 0], z).numpy())
+    assert abs(mc - ref_kl[0, 0]) < 0.02 * max(1.0, ref_kl[0, 0])
+
+
+def test_vpg_loss_averages_over_valid_steps_only():
+    out = tf.zeros([2, 4, 2])                     # mean 0, log-std 0, 1-D actions
+    actions = tf.zeros([2, 4, 1])
+    adv = tf.constant([[1.0, 2.0, 3.0, 100.0], [1.0, 1.0, 1.0, 1.0]])
+    mask = tf.constant([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    logp0 = -0.5 * math.log(2 * math.pi)
+    np.testing.assert_allclose(rl.vpg_loss(out, (actions, adv, mask)).numpy(), [-2 * logp0, -logp0], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+@pytest.fixture(scope="module")
+def point_sampler():
+    return rl.Sampler(_policy(), POINT, n_tasks=3, n_traj=4, horizon=30)
+
+
+def test_sampler_shapes_masks_and_seeding(point_sampler):
+    m = point_sampler.model
+    params = m.init(0)
+    tasks = rl.task_sampler(POINT)(3, 0)
+    tasks[1] = {"goal": np.array([0.005, -0.004])}  # within the tolerance of the start
+    a = point_sampler.sample(params, tasks, seed=5)
+    # with zero biases the initial mean at the origin is 0; a tiny std keeps task 1 at the goal, so
+    # its trajectories end after one step and the rest is padding
+    still = maml.per_task(m, params, 3)
+    still["log_std"] = tf.constant([[0.0, 0.0], [-20.0, -20.0], [0.0, 0.0]])
+    short = point_sampler.sample(still, tasks, seed=5)["raw"]
+    np.testing.assert_array_equal(short["lengths"][1], 1)
+    assert np.all(short["lengths"][[0, 2]] > 1)
+    np.testing.assert_array_equal(short["mask"][1, :, 1:], 0)
+    np.testing.assert_array_equal(short["rewards"][1, :, 1:], 0)
+    raw = a["raw"]
+    assert raw["obs"].shape == (3, 4, 30, 2) and raw["actions"].shape == (3, 4, 30, 2)
+    assert raw["rewards"].shape == raw["mask"].shape == (3, 4, 30) and raw["lengths"].shape == (3, 4)
+    assert a["obs"].shape == (3, 120, 2) and a["adv"].shape == a["mask"].shape == (3, 120)
+    np.testing.assert_array_equal(raw["mask"], (np.arange(30) < raw["lengths"][..., None]))
+    assert np.all(raw["rewards"][raw["mask"] == 0] == 0) and np.all(a["adv"].numpy()[a["mask"].numpy() == 0] == 0)
+    np.testing.assert_allclose(a["returns"], raw["rewards"].sum(-1).mean(-1))
+    # point rewards: -distance to each task's own goal, after the move, from the origin
+    goals = np.array([t["goal"] for t in tasks])
+    pos = raw["obs"][:, :, 1]                      # position after the first step
+    first_r = raw["rewards"][:, :, 0]
+    ok = raw["lengths"] > 1
+    np.testing.assert_allclose(first_r[ok], -np.linalg.norm(pos - goals[:, None], axis=-1)[ok], rtol=1e-5)
+    np.testing.assert_array_equal(raw["obs"][:, :, 0], 0.0)
+    b = point_sampler.sample(params, tasks, seed=5)
+    for k in ("obs", "actions", "rewards", "mask"):
+        np.testing.assert_array_equal(raw[k], b["raw"][k])
+    c = point_sampler.sample(params, tasks, seed=6)
+    assert not np.array_equal(raw["actions"], c["raw"]["actions"])
+    # per-task parameters: task i's policy acts on task i's sub-environments only
+    fast = maml.per_task(m, params, 3)
+    fast["b3"] = tf.constant([[0.0, 0.0], [50.0, 50.0], [0.0, 0.0]])  # task 1 always moves +x +y
+    d = point_sampler.sample(fast, tasks, seed=5)["raw"]
+    assert np.all(d["actions"][1][d["mask"][1] > 0] > 10)
+    np.testing.assert_array_equal(d["actions"][0], raw["actions"][0])
+
+
+def test_sampler_on_half_cheetah_is_seeded():
+    s = rl.Sampler(_policy(17 + 0, 6), "maml/HalfCheetahVel-v0", n_tasks=2, n_traj=2, horizon=5)
+    tasks = rl.task_sampler("maml/HalfCheetahVel-v0")(2, 0)
+    params = s.model.init(0)
+    a, b = s.sample(params, tasks, 3), s.sample(params, tasks, 3)
+    assert a["raw"]["obs"].shape == (2, 2, 5, 17)
+    np.testing.assert_array_equal(a["raw"]["rewards"], b["raw"]["rewards"])
+    assert np.all(a["raw"]["mask"] == 1)
+    s.close()
+
+
+# ----------------------------------------------------------------------------- the inner step
+
+def test_inner_step_is_a_policy_gradient_step(point_sampler):
+    m = point_sampler.model
+    params = m.init(1)
+    tasks = rl.task_sampler(POINT)(3, 1)
+    batch = point_sampler.sample(params, tasks, seed=2)
+    alpha = 0.3
+    fast = rl.adapt_once(m, maml.per_task(m, params, 3), batch, alpha)
+    for i in range(3):
+        x = batch["obs"][i:i + 1]
+        with tf.GradientTape() as tape:
+            tape.watch(list(params.values()))
+            mean, log_std = rl.split_dist(m.apply(params, x))
+            logp = rl.gaussian_log_prob(mean, log_std, batch["actions"][i:i + 1])[0]
+            mask = batch["mask"][i]
+            loss = -tf.reduce_sum(logp * batch["adv"][i] * mask) / tf.reduce_sum(mask)
+        grads = tape.gradient(loss, params)
+        for k in params:
+            np.testing.assert_allclose(fast[k][i].numpy(), (params[k] - alpha * grads[k]).numpy(),
+                                       rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- MAML-TRPO
+
+def test_maml_trpo_step_keeps_the_kl_bound(point_sampler):
+    m = point_sampler.model
+    learner = rl.PolicyLearner(m, seed=0, inner_lr=0.1, inner_steps=1, max_kl=0.01)
+    tasks = rl.task_sampler(POINT)(3, 4)
+    batches = {}
+
+    def sample(p, phase):
+        batches[phase] = point_sampler.sample(p, tasks, seed=10 + phase)
+        batches[f"params{phase}"] = p
+        return batches[phase]
+
+    theta = learner.param_values()
+    info = learner.iteration(sample)
+    assert info["accepted"] and info["loss_after"] < info["loss_before"]
+    assert 0 < info["kl_after"] <= 0.01
+    # recompute the pooled KL between the sampling post-update policy and the new post-update one
+    d0 = rl.loss_inputs(batches[0])
+    new_fast = rl.adapt_once(m, maml.per_task(m, learner.param_values(), 3), batches[0], 0.1)
+    old_out = m.apply(batches["params1"], batches[1]["obs"])
+    new_out = m.apply(new_fast, batches[1]["obs"])
+    kl = rl.gaussian_kl(*rl.split_dist(old_out), *rl.split_dist(new_out))
+    mask = batches[1]["mask"]
+    pooled = float(tf.reduce_sum(kl * mask) / tf.reduce_sum(mask))
+    assert abs(pooled - info["kl_after"]) < 1e-4 and pooled <= 0.01 + 1e-6
+    assert any(not np.allclose(theta[k].numpy(), learner.params[k].numpy()) for k in theta)
+    assert d0["obs"].shape == (3, 120, 2)
+
+
+def test_meta_gradient_goes_through_the_inner_step(point_sampler):
+    """The MAML surrogate's gradient differs between second order and first order (the inner step is
+    differentiated), and both equal the plain surrogate gradient when alpha = 0."""
+    m = point_sampler.model
+    tasks = rl.task_sampler(POINT)(3, 5)
+    grads = {}
+    for name, lr, fo in (("so", 0.5, False), ("fo", 0.5, True), ("zero", 0.0, False)):
+        learner = rl.PolicyLearner(m, seed=0, inner_lr=lr, inner_steps=1, first_order=fo)
+        theta = learner.param_values()
+        b0 = point_sampler.sample(theta, tasks, 1)
+        fast = learner._adapted(theta, rl.loss_inputs(b0))
+        b1 = point_sampler.sample(fast, tasks, 2)
+        d1 = learner.old_dist(fast, b1)
+        loss, g = learner._loss_grad(theta, rl.loss_inputs(b0), d1)
+        grads[name] = tf.concat([tf.reshape(g[k], [-1]) for k in sorted(g)], 0).numpy()
+        assert abs(float(loss) + float(tf.reduce_mean(rl.masked_task_mean(d1["adv"], d1["mask"])))) < 1e-4
+    assert np.linalg.norm(grads["so"] - grads["fo"]) > 1e-4 * np.linalg.norm(grads["fo"])
+
+
+# ----------------------------------------------------------------------------- configs, loop, evaluation
+
+def test_rl_config_is_strict():
+    cfg = _rl_config()
+    assert isinstance(cfg, config.RLConfig) and cfg.train.meta_batch == 4
+    for bad, message in (({"train": {"bogus": 1}}, "train.bogus"), ({"env": "nope-v0"}, "env"),
+                         ({"method": "magic"}, "method"), ({"eval": {"steps": 1.5}}, "eval.steps"),
+                         ({"model": {"kind": "gaussian_mlp", "obs_dim": 3}}, "obs_dim")):
+        with pytest.raises(config.ConfigError) as err:
+            _rl_config(bad)
+        assert message in str(err.value)
+
+
+def test_rl_training_resumes_exactly_and_keeps_the_best(tmp_path):
+    cfg = _rl_config()
+    full = rl_train.train(cfg, tmp_path / "a", quiet=True)
+    rl_train.train(cfg, tmp_path / "b", quiet=True, stop_after=2)
+    resumed = rl_train.train(cfg, tmp_path / "b", quiet=True)
+    assert int(resumed.step.numpy()) == 4
+    for k in full.params:
+        np.testing.assert_allclose(full.params[k].numpy(), resumed.params[k].numpy(), rtol=1e-5, atol=1e-6)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("post_return" in x for x in lines)
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
+    assert best["value"] == max(x["post_return"] for x in lines)
+    learner, it = rl_train.restore(cfg, tmp_path / "a", "best")
+    assert it == best["step"]
+    with pytest.raises(Exception, match="inner_lr"):
+        rl_train.train(_rl_config(inner_lr=0.2), tmp_path / "a", quiet=True)
+    res = rl_train.evaluate(cfg, learner)
+    assert len(res["returns"]) == len(res["ci95"]) == 3 and res["alpha"] == 0.1
+    rnd = config.from_dict({**cfg.to_dict(), "method": "random"})
+    learner = rl_train.train(rnd, tmp_path / "r", quiet=True)
+    res = rl_train.evaluate(rnd, learner)
+    assert res["alpha"] in (0.05, 0.1) and set(res["alpha_search"]) == {"0.05", "0.1"}
+
+
+def test_short_point_meta_training_improves_the_post_update_return():
+    """A few MAML-TRPO iterations on point navigation (small batch) raise the post-update return well
+    above the initial policy's pre-update return."""
+    tf.random.set_seed(0)
+    m = nets.gaussian_mlp(2, 2, hidden=[100, 100])
+    s = rl.Sampler(m, POINT, n_tasks=10, n_traj=10, horizon=60)
+    learner = rl.PolicyLearner(m, seed=1, inner_lr=0.1)
+    sample_tasks = rl.task_sampler(POINT)
+    history = []
+    for it in range(6):
+        tasks = sample_tasks(10, rl.seed_of(0, it))
+        history.append(learner.iteration(lambda p, ph: s.sample(p, tasks, rl.seed_of(0, it, ph))))
+    start = history[0]["pre_return"]
+    end = np.mean([h["post_return"] for h in history[-2:]])
+    assert end > start + 5, [(h["pre_return"], h["post_return"]) for h in history]
