@@ -136,6 +136,11 @@ class Sampler:
         self._dist = tf.function(lambda p, x: model.apply(p, x))
         self.env_steps = 0
 
+    def set_model(self, model: nets.Model) -> None:
+        """Roll out another policy model (same observation and action sizes) with these envs."""
+        self.model = model
+        self._dist = tf.function(lambda p, x: model.apply(p, x))
+
     def close(self):
         self.vec.close()
 

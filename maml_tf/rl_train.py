@@ -51,6 +51,8 @@ def sampler(model: nets.Model, cfg: RLConfig, n_tasks: int, n_traj: int) -> rl.S
         s = rl.Sampler(model, cfg.env, n_tasks, n_traj, cfg.train.horizon, cfg.env_kwargs,
                        cfg.train.discount, cfg.train.gae_lambda)
         _SAMPLERS[key] = s
+    elif s.model is not model:
+        s.set_model(model)
     return s
 
 

@@ -257,3 +257,21 @@ def test_short_point_meta_training_improves_the_post_update_return():
     start = history[0]["pre_return"]
     end = np.mean([h["post_return"] for h in history[-2:]])
     assert end > start + 5, [(h["pre_return"], h["post_return"]) for h in history]
+
+
+def test_rl_table_and_figures_from_results(tmp_path):
+    from reproduce import rl as rl_repro
+    run = {"iterations": 3, "paper_iterations": 100, "status": "partial", "wall_time_s": 1.0}
+    metrics = {m: {"returns": [-40.0, -20.0, -10.0, -8.0, -7.0], "ci95": [1.0] * 5}
+               for m in ("maml", "pretrained", "random", "oracle")}
+    summary = {"experiment": "rl/point", "commit": "abc", "written": "now", "metrics": metrics,
+               "runs": {m: dict(run) for m in metrics}}
+    summary["findings"] = rl_repro.findings("point", metrics, summary["runs"])
+    out = tmp_path / "rl"
+    out.mkdir()
+    (out / "point.json").write_text(json.dumps(summary))
+    text = rl_repro.table(out)
+    assert "| maml | 3 (100), PARTIAL | -40.00 ± 1.00 |" in text and "-11.68" in text
+    assert any("PARTIAL" in f for f in summary["findings"])
+    paths = rl_repro.figures(out)
+    assert [p.name for p in paths] == ["fig4_point.png"] and paths[0].stat().st_size > 0
