@@ -11,7 +11,6 @@ and the rollouts of iteration i depend only on (seed, i) and the parameters.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time

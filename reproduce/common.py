@@ -21,7 +21,7 @@ def run_dir(cfg: config_lib.Config, results: Path = RESULTS) -> Path:
 def load(name: str | Path, iterations: int | None = None, sets: list[str] = ()) -> config_lib.Config:
     """Config `name` ('sinusoid/maml' or a path), with --iterations and --set overrides."""
     path = Path(name)
-    if not path.suffix:
+    if path.suffix not in (".yaml", ".yml"):
         path = CONFIGS / f"{name}.yaml"
     overrides = dict(config_lib.parse_override(s) for s in sets)
     if iterations is not None:

@@ -183,7 +183,13 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"which methods to train and evaluate (default: all: {', '.join(BASE_METHODS)}, and "
                         f"for point also {', '.join(EXTRA_METHODS['point'])})")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow intra/inter-op threads (default 0: TensorFlow's choice); 1 for one core")
     args = p.parse_args(argv)
+    if args.threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     methods = args.methods or list(methods_of(args.env))
     unknown = [m for m in methods if m not in methods_of(args.env)]
     if unknown:

@@ -185,7 +185,7 @@ def findings(metrics, runs) -> list[str]:
     better = "alpha = 1e-3 (the code's flag)" if gap(a) <= gap(b) else "alpha = 0.01 (the paper text's)"
     out.append(f"Step size: with alpha = 1e-3 (default) the 5-shot MSE after 1/5/10 steps is "
                f"{_num(a[1])}/{_num(a[5])}/{_num(a[10])}; with alpha = 0.01 it is "
-               f"{_num(b[1])}/{_num(b[5])}/{_num(b[10])} (paper 0.67/0.38/0.35). {better} reproduces the "
+               f"{_num(b[1])}/{_num(b[5])}/{_num(b[10])} (paper 0.67/0.38/0.35). {better} is closer to the "
                f"paper: mean absolute gap {min(gap(a), gap(b)):.2f} against {max(gap(a), gap(b)):.2f}.")
     if not all(np.isfinite(b)) or b[10] > 2 * b[1]:
         out.append("With alpha = 0.01, MAML's one-step MSE is as low as the paper's but further steps "
