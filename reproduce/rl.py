@@ -175,6 +175,50 @@ def figures(results_dir: Path) -> list[Path]:
     return written
 
 
+def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path | None:
+    """Like the bottom of Figure 4: the paths of MAML and of the fine-tuned pretrained policy on one
+    test goal, before adaptation and after 1 and 3 steps (each step adapted on 20 fresh rollouts;
+    one rollout drawn)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from maml_tf import maml, rl
+    names = [n for n in ("maml", "pretrained") if n in metrics]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        cfg = common.load(common.CONFIGS / "rl" / "point" / f"{name}.yaml", None, args.set)
+        run_dir = common.run_dir(cfg, args.results)
+        learner, _ = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
+        alpha = metrics[name].get("alpha") or cfg.train.inner_lr
+        s = rl_train.sampler(learner.model, cfg, 1, cfg.train.trajectories)
+        task = rl.task_sampler(cfg.env)(cfg.eval.tasks, cfg.eval.seed)[0]
+        fast = maml.per_task(learner.model, learner.param_values(), 1)
+        styles = {0: (":", "pre-update"), 1: ("--", "1 grad step"), 3: ("-", "3 grad steps")}
+        for k in range(max(steps) + 1):
+            batch = s.sample(fast, [task], rl.seed_of(cfg.eval.seed, 1000, k))
+            if k in steps:
+                raw = batch["raw"]
+                n = int(raw["lengths"][0, 0])
+                xy = raw["obs"][0, 0, :n]
+                ls, label = styles.get(k, ("-", f"{k} steps"))
+                ax.plot(xy[:, 0], xy[:, 1], ls, label=label)
+            fast = rl.adapt_once(learner.model, fast, batch, rl.alpha_schedule(alpha, k), first_order=True)
+        ax.plot(*task["goal"], "*", color="red", ms=12, label="goal")
+        ax.plot(0, 0, "o", color="black", ms=4)
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_aspect("equal")
+        ax.set_title("MAML" if name == "maml" else f"pretrained, step {alpha}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Figure 4, bottom (ours): paths on one test goal", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -222,6 +266,8 @@ def main(argv=None) -> int:
     records.write_json(path, summary)
     (out / "table.md").write_text(table(out))
     figures(out)
+    if args.env == "point":
+        figure_point_paths(args, metrics, out / "fig4_point_paths.png")
     print(table(out))
     return 0
 
