@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -11,8 +12,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+@functools.lru_cache(maxsize=None)
 def commit() -> str:
-    """The code commit, with '+dirty' when tracked files differ from it."""
+    """The code commit, with '+dirty' when tracked code differs from it. Read once per process
+    (entry points read it as they start), so it names the code that ran, not what was committed
+    while it ran."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.strip()

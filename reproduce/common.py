@@ -20,6 +20,7 @@ def run_dir(cfg: config_lib.Config, results: Path = RESULTS) -> Path:
 
 def load(name: str | Path, iterations: int | None = None, sets: list[str] = ()) -> config_lib.Config:
     """Config `name` ('sinusoid/maml' or a path), with --iterations and --set overrides."""
+    records.commit()  # pin the code commit as the process starts
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIGS / f"{name}.yaml"
