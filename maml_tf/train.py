@@ -207,6 +207,20 @@ def test_inner_lr(learner: MetaLearner, cfg: Config):
     return cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr
 
 
+def _stop_gracefully_on_signals() -> None:
+    """SIGINT and SIGTERM (also when a background shell set them to be ignored) raise
+    KeyboardInterrupt in the training loop, which saves a checkpoint at the current iteration."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None) -> MetaLearner:
     """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
 
@@ -246,6 +260,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                 f"train.inner_lr, or set train.grad_clip, and resume.")
         manager.save(checkpoint_number=step)
 
+    _stop_gracefully_on_signals()
     step, t0, last_t, last_step, loss_sum = start, time.perf_counter(), time.perf_counter(), start, 0.0
     wall0 = float(learner.wall_time.numpy())
     try:

@@ -101,3 +101,31 @@ def test_fixed_test_tasks_do_not_depend_on_batching():
     np.testing.assert_array_equal(np.concatenate([x["xs"] for x in a]), b[0]["xs"])
     r = evaluate.summarize(np.array([[1.0, 2.0, 3.0, 4.0]]))
     assert r["mean"][0] == 2.5 and r["ci95"][0] == pytest.approx(1.96 * np.std([1, 2, 3, 4]) / 2)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
+    """A background run stopped by a signal keeps its progress (the interrupt path of resume)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps({**SINUSOID, "train": {**SINUSOID["train"], "iterations": 10 ** 7,
+                                                          "log_every": 200, "checkpoint_every": 10 ** 6}}))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce.train", str(cfg_path), "--run-dir", str(run),
+                             "--quiet"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    saved = train.restore(config.load(cfg_path), run)
+    step = int(saved.step.numpy())
+    assert step >= 400 and step % 10 ** 6 != 0, "no checkpoint at the interrupted iteration"
+    resumed = train.train(config.load(cfg_path, {"train.iterations": step + 10}), run, quiet=True)
+    assert int(resumed.step.numpy()) == step + 10
