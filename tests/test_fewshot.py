@@ -81,3 +81,33 @@ def test_short_omniglot_run_learns_well_above_chance(omniglot_npz, tmp_path):
                             learner.loss_fn, learner.metric_fn, 3, 0.4, n_tasks=100, seed=5)
     assert res["mean"][3] > 0.45, f"5-way accuracy {res['mean'][3]:.2f} after 300 iterations (chance 0.2)"
     assert res["mean"][3] > res["mean"][0] + 0.2
+
+
+def test_miniimagenet_episodes_from_prepared_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 5), ("test", 5)):
+        np.savez(tmp_path / f"{split}.npz", images=rng.integers(0, 256, (n, 20, 84, 84, 3), dtype=np.uint8),
+                 classes=np.array([f"n{i:08d}" for i in range(n)]))
+    src = tasks.build({"kind": "miniimagenet", "way": 5, "shot": 1, "query": 15, "path": str(tmp_path)}, split="train")
+    b = src.sample(np.random.default_rng(1), 4)
+    assert b["xs"].shape == (4, 5, 84, 84, 3) and b["xq"].shape == (4, 75, 84, 84, 3)
+    assert b["xs"].dtype == np.float32 and 0.0 <= b["xs"].min() and b["xs"].max() <= 1.0
+    test = tasks.build({"kind": "miniimagenet", "way": 5, "shot": 5, "query": 5, "path": str(tmp_path)}, split="test")
+    assert test.sample(np.random.default_rng(1), 2)["xq"].shape == (2, 25, 84, 84, 3)
+    with pytest.raises(tasks.MissingData, match="make data-miniimagenet"):
+        tasks.build({"kind": "miniimagenet", "way": 5, "shot": 1, "query": 1, "path": str(tmp_path / "x")})
+
+
+def test_table1_reports_cells_not_run_with_the_reason(tmp_path):
+    import json
+    from reproduce import table1
+    assert table1.main(["--eval-only", "--results", str(tmp_path), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "table1.json").read_text())
+    assert len(rows) == len(table1.CELLS)
+    keys = {"dataset", "way", "shot", "model", "order", "accuracy", "ci95", "paper_accuracy", "paper_ci95",
+            "iterations", "wall_time_s", "status", "note"}
+    for r in rows:
+        assert keys <= set(r) and r["status"] == "not_run" and r["note"]
+        if r["dataset"] == "miniimagenet":
+            assert "make data-miniimagenet" in r["note"]
+    assert "not_run" in (tmp_path / "table1.md").read_text()
