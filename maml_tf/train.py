@@ -74,7 +74,11 @@ class MetaLearner:
         # The compiled meta-gradient is a pure function of parameter values (no captured
         # variables), so one XLA program serves every replica's device.
         self._grads = tf.function(self._meta_gradient, jit_compile=t.xla)
-        self._train_step = tf.function(self._distributed_step)
+        # On one device the whole step (meta-gradient and Adam update) is one XLA program; with
+        # several replicas only the per-replica meta-gradient is (the all-reduce stays outside).
+        single = self.strategy.num_replicas_in_sync == 1 and not isinstance(
+            self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self._train_step = tf.function(self._distributed_step, jit_compile=t.xla and single)
 
     @property
     def variables(self) -> list:
