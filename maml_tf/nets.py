@@ -53,6 +53,50 @@ def _same_padding(size: int, stride: int, k: int = 3) -> tuple[int, int, int]:
     return out, total // 2, total - total // 2
 
 
+def _patches(x: tf.Tensor, stride: int) -> tf.Tensor:
+    """[B, H, W, C] -> [B, oh, ow, 9C]: the nine shifted views of the SAME-padded input."""
+    h, wd = x.shape[1], x.shape[2]
+    oh, top, bottom = _same_padding(h, stride)
+    ow, left, right = _same_padding(wd, stride)
+    xp = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    views = [xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
+             for i in range(3) for j in range(3)]
+    return tf.concat(views, axis=-1)
+
+
+def _col2im_stride2(dp: tf.Tensor, h: int, wd: int) -> tf.Tensor:
+    """The transpose of `_patches(x, 2)`: [B, oh, ow, 9C] -> [B, H, W, C].
+
+    Autodiff would add nine interior-padded (dilated) views, which XLA's CPU loops evaluate slowly.
+    By parity instead: a padded row 2a receives view row i = 0 at a and i = 2 at a - 1, a row 2a + 1
+    view row i = 1 at a (columns alike); the four parity classes are plain shifted sums, then
+    interleaved by a reshape. Built from differentiable ops, so second derivatives flow."""
+    b, oh, ow = tf.shape(dp)[0], dp.shape[1], dp.shape[2]
+    c = dp.shape[3] // 9
+    _, top, _ = _same_padding(h, 2)
+    _, left, _ = _same_padding(wd, 2)
+    v = [[dp[..., (3 * i + j) * c:(3 * i + j + 1) * c] for j in range(3)] for i in range(3)]
+
+    def shift(x, r, q):  # place x (oh, ow) at offset (r, q) of an (oh + 1, ow + 1) grid
+        return tf.pad(x, [[0, 0], [r, 1 - r], [q, 1 - q], [0, 0]])
+
+    ee = shift(v[0][0], 0, 0) + shift(v[0][2], 0, 1) + shift(v[2][0], 1, 0) + shift(v[2][2], 1, 1)
+    eo = shift(v[0][1], 0, 0) + shift(v[2][1], 1, 0)      # odd columns: only the first ow are real
+    oe = shift(v[1][0], 0, 0) + shift(v[1][2], 0, 1)      # odd rows: only the first oh are real
+    oo = shift(v[1][1], 0, 0)
+    even = tf.stack([ee, eo], axis=3)                      # [B, oh+1, ow+1, 2, C]
+    odd = tf.stack([oe, oo], axis=3)
+    full = tf.reshape(tf.stack([even, odd], axis=2), [b, 2 * oh + 2, 2 * ow + 2, c])
+    return full[:, top:top + h, left:left + wd, :]
+
+
+@tf.custom_gradient
+def _patches_stride2(x: tf.Tensor):
+    """`_patches(x, 2)` with its gradient computed by `_col2im_stride2`."""
+    h, wd = x.shape[1], x.shape[2]
+    return _patches(x, 2), lambda dp: _col2im_stride2(dp, h, wd)
+
+
 def conv3x3(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, stride: int) -> tf.Tensor:
     """3x3 SAME convolution of x [T, N, H, W, C] with w [3, 3, C, F] or [T, 3, 3, C, F].
 
@@ -60,12 +104,10 @@ def conv3x3(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, stride: int) -> tf.Tensor:
     along channels, so a per-task kernel is one batched matmul over tasks. All derivatives are
     slices and pads, cheap to any order and friendly to XLA."""
     t, n, h, wd, c = (tf.shape(x)[0], tf.shape(x)[1], x.shape[2], x.shape[3], x.shape[4])
-    oh, top, bottom = _same_padding(h, stride)
-    ow, left, right = _same_padding(wd, stride)
-    xp = tf.pad(tf.reshape(x, [-1, h, wd, c]), [[0, 0], [top, bottom], [left, right], [0, 0]])
-    views = [xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
-             for i in range(3) for j in range(3)]
-    patches = tf.reshape(tf.concat(views, axis=-1), [t, n * oh * ow, 9 * c])
+    oh, ow = -(-h // stride), -(-wd // stride)
+    x = tf.reshape(x, [-1, h, wd, c])
+    patches = _patches_stride2(x) if stride == 2 else _patches(x, stride)
+    patches = tf.reshape(patches, [t, n * oh * ow, 9 * c])
     f = w.shape[-1]
     if _per_task(w, 4):
         y = tf.matmul(patches, tf.reshape(w, [-1, 9 * c, f]))

@@ -93,3 +93,18 @@ def test_batch_norm_semantics_in_the_classifiers(model, shape):
         assert fast[k] is p[k]
     assert all(fast[k].shape[0] == 3 for k in p if k not in model.frozen)
     assert model.frozen == {k for k in p if k.startswith("bn")}
+
+
+@pytest.mark.parametrize("size", [28, 14, 7, 4, 5])
+def test_stride2_col2im_is_the_exact_transpose_of_the_patches(size):
+    """The hand-written gradient of the stride-2 patches equals autodiff's (and conv2d's)."""
+    rng = np.random.default_rng(size)
+    x = tf.constant(rng.normal(size=(2, size, size, 3)), tf.float64)
+    out = -(-size // 2)
+    dp = tf.constant(rng.normal(size=(2, out, out, 27)), tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        p = nets._patches(x, 2)
+    np.testing.assert_allclose(nets._col2im_stride2(dp, size, size).numpy(),
+                               tape.gradient(p, x, output_gradients=dp).numpy(), atol=1e-12)
+    np.testing.assert_array_equal(nets._patches_stride2(x).numpy(), p.numpy())
