@@ -23,7 +23,7 @@ import yaml
 from maml_tf import nets, rl
 from maml_tf.config import RLConfig
 from maml_tf.records import write_json
-from maml_tf.train import TrainingError, _check_resume, _Log
+from maml_tf.train import TrainingError, _check_resume, _Log, _stop_gracefully_on_signals
 
 _SAMPLERS: dict = {}
 
@@ -106,6 +106,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
 
     t0, wall0 = time.perf_counter(), float(learner.wall_time.numpy())
     step = start
+    _stop_gracefully_on_signals()  # SIGTERM / SIGINT: checkpoint, then stop
     try:
         while step < stop:
             it_start = time.perf_counter()
