@@ -67,7 +67,8 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         return row
     has_checkpoint = (run_dir / "checkpoints" / "checkpoint").exists()
     if eval_only and not has_checkpoint:
-        row["note"] = f"no checkpoint in {run_dir}: run `make table1` without --eval-only to train it"
+        where = run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir
+        row["note"] = f"no checkpoint in {where}: run `make table1` without --eval-only to train it"
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
