@@ -21,8 +21,9 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from maml_tf import maml, nets, tasks
+from maml_tf import evaluate, maml, nets, tasks
 from maml_tf.config import Config
+from maml_tf.records import write_json
 
 # Keys that may change when a run is resumed (the budget and the bookkeeping), not the experiment.
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
@@ -195,7 +196,6 @@ class _Log:
 def validate(learner: MetaLearner, cfg: Config) -> float:
     """Mean meta-validation metric with the test protocol (eval.task, eval.steps, the reported
     step), on `val_tasks` fixed tasks of the validation split."""
-    from maml_tf import evaluate
     t, e = cfg.train, cfg.eval
     source = tasks.build({**cfg.task, **e.task}, split="val")
     res = evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn,
@@ -293,7 +293,6 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                 if better:
                     best = {"step": step, "value": value, "metric": learner.metric_name}
                     best_manager.save(checkpoint_number=step)
-                    from maml_tf.records import write_json
                     write_json(best_path, best)
             if step % t.checkpoint_every == 0 or step == stop:
                 learner.wall_time.assign(wall0 + time.perf_counter() - t0)
