@@ -12,7 +12,6 @@ and the rollouts of iteration i depend only on (seed, i) and the parameters.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import yaml
 from maml_tf import nets, rl
 from maml_tf.config import RLConfig
 from maml_tf.records import write_json
-from maml_tf.train import TrainingError, _check_resume, _Log, _stop_gracefully_on_signals
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume
 
 _SAMPLERS: dict = {}
 
@@ -69,7 +68,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
     t = cfg.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(run_dir, cfg)
+    check_resume(run_dir, cfg)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     learner = make_learner(cfg)
@@ -89,7 +88,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None
-    log = _Log(run_dir, iterations, quiet)
+    log = Log(run_dir, iterations, quiet)
     s = sampler(learner.model, cfg, t.meta_batch, t.trajectories)
     sample_tasks = rl.task_sampler(cfg.env, cfg.env_kwargs)
 
@@ -106,8 +105,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
 
     t0, wall0 = time.perf_counter(), float(learner.wall_time.numpy())
     step = start
-    _stop_gracefully_on_signals()  # SIGTERM / SIGINT: checkpoint, then stop
-    try:
+    with StopRequest() as stop_request:
         while step < stop:
             it_start = time.perf_counter()
             tasks = sample_tasks(t.meta_batch, rl.seed_of(cfg.seed, step, 0))
@@ -133,28 +131,21 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
             step += 1
             now = time.perf_counter()
             learner.wall_time.assign(wall0 + now - t0)
-            if step % t.log_every == 0 or step == stop:
+            if step % t.log_every == 0 or step == stop or stop_request.requested:
                 values = {**info, "iteration_s": now - it_start, "wall_time_s": wall0 + now - t0,
                           "env_steps": int(learner.env_steps.numpy())}
                 values["accepted"] = float(values["accepted"])
                 log.write(step, values)
-                if not quiet:
-                    eta = (iterations - step) * (now - it_start)
-                    sys.stderr.write(f"\r[{step:>5d}/{iterations}] return pre {info['pre_return']:8.2f} "
-                                     f"post {info['post_return']:8.2f}  kl {info['kl_after']:.4f}  "
-                                     f"{now - it_start:5.1f} s/it  eta {eta / 60:6.1f} min   ")
-                    sys.stderr.flush()
-            if step % t.checkpoint_every == 0 or step == stop:
+                eta = (iterations - step) * (now - it_start)
+                log.progress(f"[{step:>5d}/{iterations}] return pre {info['pre_return']:8.2f} "
+                             f"post {info['post_return']:8.2f}  kl {info['kl_after']:.4f}  "
+                             f"{now - it_start:5.1f} s/it  eta {eta / 60:6.1f} min")
+            if step % t.checkpoint_every == 0 or step == stop or stop_request.requested:
                 save(step)
-    except KeyboardInterrupt:
-        learner.wall_time.assign(wall0 + time.perf_counter() - t0)
-        if int(learner.step.numpy()) == step:  # not in the middle of an update
-            save(step)
-            if not quiet:
-                sys.stderr.write(f"\ninterrupted: saved a checkpoint at iteration {step}\n")
-        raise
-    if not quiet:
-        sys.stderr.write("\n")
+            if stop_request.requested:  # keep what was done: it resumes from this checkpoint
+                log.done(f"interrupted: saved a checkpoint at iteration {step}")
+                stop_request.stop()
+    log.done()
     return learner
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +23,7 @@ import yaml
 from maml_tf import evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.records import write_json
-
-# Keys that may change when a run is resumed (the budget and the bookkeeping), not the experiment.
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
-
-
-class TrainingError(RuntimeError):
-    pass
-
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
@@ -147,52 +139,6 @@ def split_across_replicas(strategy: tf.distribute.Strategy, batch: dict):
     return strategy.experimental_distribute_values_from_function(share)
 
 
-def _check_resume(run_dir: Path, cfg: Config) -> None:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    old = yaml.safe_load(path.read_text())
-    new = cfg.to_dict()
-    for section in set(old) | set(new):
-        a, b = old.get(section), new.get(section)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in set(a) | set(b):
-                if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES) \
-                        and section != "eval":
-                    raise TrainingError(
-                        f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
-                        f"has {b.get(k)!r}. Resume with the original config, or train into a new run "
-                        f"directory (--run-dir), or delete {run_dir} to start over.")
-        elif a != b and section not in ("notes", "eval"):
-            raise TrainingError(f"{run_dir} holds a run with {section}={a!r}, this config has {b!r}; "
-                                f"use a new --run-dir or delete {run_dir}.")
-
-
-class _Log:
-    """Metrics to metrics.jsonl and TensorBoard, and a one-line progress display."""
-
-    def __init__(self, run_dir: Path, total: int, quiet: bool):
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = tf.summary.create_file_writer(str(run_dir / "tb"))
-        self.total, self.quiet = total, quiet
-
-    def write(self, step: int, values: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        with self.writer.as_default(step=step):
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    tf.summary.scalar(k, v)
-
-    def progress(self, step: int, loss: float, rate: float, extra: str = "") -> None:
-        if self.quiet:
-            return
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        sys.stderr.write(f"\r[{step:>7d}/{self.total}] loss {loss:.4f}  {rate:6.1f} it/s  "
-                         f"eta {eta / 60:6.1f} min {extra}   ")
-        sys.stderr.flush()
-
-
 def validate(learner: MetaLearner, cfg: Config) -> float:
     """Mean meta-validation metric with the test protocol (eval.task, eval.steps, the reported
     step), on `val_tasks` fixed tasks of the validation split."""
@@ -211,20 +157,6 @@ def test_inner_lr(learner: MetaLearner, cfg: Config):
     return cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr
 
 
-def _stop_gracefully_on_signals() -> None:
-    """SIGINT and SIGTERM (also when a background shell set them to be ignored) raise
-    KeyboardInterrupt in the training loop, which saves a checkpoint at the current iteration."""
-    import signal
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None) -> MetaLearner:
     """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
 
@@ -232,7 +164,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
     t = cfg.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(run_dir, cfg)
+    check_resume(run_dir, cfg)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     strategy = make_strategy(t.distribute)
@@ -251,7 +183,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None
-    log = _Log(run_dir, t.iterations, quiet)
+    log = Log(run_dir, t.iterations, quiet)
     source = tasks.build(cfg.task, split="train")
     data = dataset(source, cfg.seed, start, stop, t.meta_batch)
 
@@ -264,15 +196,14 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                 f"train.inner_lr, or set train.grad_clip, and resume.")
         manager.save(checkpoint_number=step)
 
-    _stop_gracefully_on_signals()
     step, t0, last_t, last_step, loss_sum = start, time.perf_counter(), time.perf_counter(), start, 0.0
     wall0 = float(learner.wall_time.numpy())
-    try:
+    with StopRequest() as stop_request:
         for batch in data:
             loss = learner.train_step(split_across_replicas(strategy, batch))
             step += 1
             loss_sum = loss_sum + loss
-            if step % t.log_every == 0 or step == stop:
+            if step % t.log_every == 0 or step == stop or stop_request.requested:
                 mean_loss = float(loss_sum) / (step - last_step)
                 if not np.isfinite(mean_loss):
                     raise TrainingError(
@@ -283,7 +214,9 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                 rate = (step - last_step) / (now - last_t)
                 learner.wall_time.assign(wall0 + now - t0)
                 log.write(step, {"loss": mean_loss, "it_per_s": rate, "wall_time_s": wall0 + now - t0})
-                log.progress(step, mean_loss, rate)
+                eta = (t.iterations - step) / rate if rate > 0 else float("nan")
+                log.progress(f"[{step:>7d}/{t.iterations}] loss {mean_loss:.4f}  {rate:6.1f} it/s  "
+                             f"eta {eta / 60:6.1f} min")
                 last_t, last_step, loss_sum = now, step, 0.0
             if t.val_every and (step % t.val_every == 0 or step == t.iterations):
                 value = validate(learner, cfg)
@@ -294,18 +227,13 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                     best = {"step": step, "value": value, "metric": learner.metric_name}
                     best_manager.save(checkpoint_number=step)
                     write_json(best_path, best)
-            if step % t.checkpoint_every == 0 or step == stop:
+            if step % t.checkpoint_every == 0 or step == stop or stop_request.requested:
                 learner.wall_time.assign(wall0 + time.perf_counter() - t0)
                 save(step)
-    except KeyboardInterrupt:
-        # Keep what was done: a checkpoint at the current step (it resumes from here).
-        learner.wall_time.assign(wall0 + time.perf_counter() - t0)
-        save(int(learner.step.numpy()))
-        if not quiet:
-            sys.stderr.write(f"\ninterrupted: saved a checkpoint at iteration {int(learner.step.numpy())}\n")
-        raise
-    if not quiet:
-        sys.stderr.write("\n")
+            if stop_request.requested:  # keep what was done: it resumes from this checkpoint
+                log.done(f"interrupted: saved a checkpoint at iteration {step}")
+                stop_request.stop()
+    log.done()
     return learner
 
 

@@ -53,4 +53,17 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.meta_batch=16")
     p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and results go")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow threads (default 0: TensorFlow's choice, all cores); 1 to run two "
+                        "jobs side by side on a 2-core machine")
     return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse the command line and apply --threads before TensorFlow starts its thread pools."""
+    args = p.parse_args(argv)
+    if args.threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    return args

@@ -19,7 +19,7 @@ import numpy as np
 from maml_tf import records
 from maml_tf import rl_train
 from maml_tf.config import ConfigError
-from maml_tf.train import TrainingError
+from maml_tf.runs import TrainingError
 from reproduce import common
 
 ENVS = ("point", "cheetah_vel", "cheetah_dir", "ant_vel", "ant_dir")
@@ -236,13 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"which methods to train and evaluate (default: all: {', '.join(BASE_METHODS)}, and "
                         f"for point also {', '.join(EXTRA_METHODS['point'])})")
-    p.add_argument("--threads", type=int, default=0,
-                   help="TensorFlow intra/inter-op threads (default 0: TensorFlow's choice); 1 for one core")
-    args = p.parse_args(argv)
-    if args.threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    args = common.parse(p, argv)
     methods = args.methods or list(methods_of(args.env))
     unknown = [m for m in methods if m not in methods_of(args.env)]
     if unknown:

@@ -205,7 +205,7 @@ def findings(metrics, runs) -> list[str]:
 def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the configs')")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     out = args.results / "sinusoid"
     sets = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
     learners, cfgs, runs, metrics = {}, {}, {}, {}

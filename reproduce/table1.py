@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--cells", default=None, help="comma-separated cell names (default: all); e.g. "
                    + ", ".join(c.name for c in CELLS[:3]))
     p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, train nothing")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     wanted = set(args.cells.split(",")) if args.cells else None
     unknown = (wanted or set()) - {c.name for c in CELLS}
     if unknown:

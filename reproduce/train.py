@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("config", help="a config under reproduce/configs (e.g. omniglot/conv_5w1s) or a path")
     p.add_argument("--run-dir", default=None)
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     try:
         cfg = common.load(args.config, args.iterations, args.set)
         if isinstance(cfg, RLConfig):  # an RL config (reproduce/configs/rl/...)

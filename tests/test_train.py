@@ -129,3 +129,17 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     assert step >= 400 and step % 10 ** 6 != 0, "no checkpoint at the interrupted iteration"
     resumed = train.train(config.load(cfg_path, {"train.iterations": step + 10}), run, quiet=True)
     assert int(resumed.step.numpy()) == step + 10
+
+
+def test_a_signal_asks_the_loop_to_stop_and_a_second_one_interrupts_at_once():
+    import os
+    import signal
+    from maml_tf.runs import StopRequest
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered before the next bytecode: nothing raised
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -1,0 +1,103 @@
+"""What the supervised and the RL training loops share about a run directory: the resume check,
+the metrics log, and stopping on a signal with a checkpoint."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import tensorflow as tf
+import yaml
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on (diverged, or its directory holds a different run); the message says what to do."""
+
+
+# train.* keys that may change when a run is resumed (budget and bookkeeping, not the algorithm)
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
+
+
+def check_resume(run_dir: Path, cfg) -> None:
+    """Refuse to resume the run in `run_dir` with a config that changes anything but the budget
+    and bookkeeping keys (and the evaluation, which does not touch training)."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    old = yaml.safe_load(path.read_text())
+    new = cfg.to_dict()
+    for section in set(old) | set(new):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in set(a) | set(b):
+                if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES) \
+                        and section != "eval":
+                    raise TrainingError(
+                        f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
+                        f"has {b.get(k)!r}. Resume with the original config, or train into a new run "
+                        f"directory (--run-dir), or delete {run_dir} to start over.")
+        elif a != b and section not in ("notes", "eval"):
+            raise TrainingError(f"{run_dir} holds a run with {section}={a!r}, this config has {b!r}; "
+                                f"use a new --run-dir or delete {run_dir}.")
+
+
+class Log:
+    """Metrics to metrics.jsonl and TensorBoard, and a one-line progress display."""
+
+    def __init__(self, run_dir: Path, total: int, quiet: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = tf.summary.create_file_writer(str(run_dir / "tb"))
+        self.total, self.quiet = total, quiet
+
+    def write(self, step: int, values: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        with self.writer.as_default(step=step):
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    tf.summary.scalar(k, v)
+
+    def progress(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"\r{text}   ")
+            sys.stderr.flush()
+
+    def done(self, text: str = "") -> None:
+        if not self.quiet:
+            sys.stderr.write(f"\n{text}" + ("\n" if text else ""))
+
+
+class StopRequest:
+    """While active, SIGINT and SIGTERM ask the training loop to stop after the current iteration
+    (the loop checks `requested`, saves a checkpoint, and raises KeyboardInterrupt). Nothing is
+    raised asynchronously, so a signal cannot land inside a checkpoint write or a data-pipeline
+    call; a second signal interrupts at once. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {signum} (second)")
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def stop(self) -> None:
+        raise KeyboardInterrupt(f"signal {self.signum}")
