@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -113,16 +115,35 @@ def _model_batch(batch: dict) -> dict:
     return {k: batch[k] for k in tasks.MODEL_KEYS}
 
 
-def dataset(source, seed: int, start: int, stop: int, meta_batch: int) -> tf.data.Dataset:
-    """Batches start..stop-1 of the stream `seed`, produced ahead on a background thread."""
-    example = _model_batch(source.sample(tasks.stream_rng(seed, 0), meta_batch))
-    signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in example.items()}
+def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: int = 4):
+    """Batches start..stop-1 of the stream `seed` (dicts of tensors), sampled `ahead` on a daemon
+    thread while the compiled step runs. A plain thread rather than tf.data: an interrupted run
+    exits at once (a tf.data generator pipeline could hold the exit for a minute)."""
+    out, stopped = queue.Queue(maxsize=ahead), threading.Event()
 
-    def gen():
-        for i in range(start, stop):
-            yield _model_batch(source.sample(tasks.stream_rng(seed, i), meta_batch))
+    def put(item) -> None:
+        while not stopped.is_set():
+            try:
+                return out.put(item, timeout=0.1)
+            except queue.Full:
+                pass
 
-    return tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(4)
+    def work() -> None:
+        try:
+            for i in range(start, stop):
+                put(_model_batch(source.sample(tasks.stream_rng(seed, i), meta_batch)))
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    threading.Thread(target=work, name="batches", daemon=True).start()
+    try:
+        for _ in range(start, stop):
+            item = out.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield {k: tf.convert_to_tensor(v) for k, v in item.items()}
+    finally:
+        stopped.set()
 
 
 def split_across_replicas(strategy: tf.distribute.Strategy, batch: dict):
@@ -185,7 +206,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
     best = json.loads(best_path.read_text()) if best_path.exists() else None
     log = Log(run_dir, t.iterations, quiet)
     source = tasks.build(cfg.task, split="train")
-    data = dataset(source, cfg.seed, start, stop, t.meta_batch)
+    data = batches(source, cfg.seed, start, stop, t.meta_batch)
 
     def save(step: int) -> None:
         finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.variables)

@@ -123,7 +123,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    proc.wait(timeout=60)  # saved and exited promptly
     saved = train.restore(config.load(cfg_path), run)
     step = int(saved.step.numpy())
     assert step >= 400 and step % 10 ** 6 != 0, "no checkpoint at the interrupted iteration"
@@ -143,3 +143,18 @@ def test_a_signal_asks_the_loop_to_stop_and_a_second_one_interrupts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_batches_follow_the_seeded_stream_and_pass_on_sampling_errors():
+    src = tasks.build(SINUSOID["task"])
+    got = list(train.batches(src, 3, 5, 8, 4))
+    assert len(got) == 3
+    for i, b in zip(range(5, 8), got):
+        want = src.sample(tasks.stream_rng(3, i), 4)
+        np.testing.assert_array_equal(b["xs"].numpy(), want["xs"])
+
+    class Broken:
+        def sample(self, rng, n):
+            raise ValueError("corrupt episode")
+    with pytest.raises(ValueError, match="corrupt episode"):
+        list(train.batches(Broken(), 0, 0, 3, 4))
