@@ -155,11 +155,8 @@ ANT_VELOCITY_BONUS = 1.0
 RLLAB_QPOS_NOISE = 0.01  # std of N(0, 1) noise added to init_qpos
 RLLAB_QVEL_NOISE = 0.1  # std of N(0, 1) noise added to init_qvel
 # MuJoCo >= 2 does not propagate NaN / huge values: it warns and resets mjData to qpos0.
-_BAD_STATE_WARNINGS = (
-    mujoco.mjtWarning.mjWARN_BADQPOS,
-    mujoco.mjtWarning.mjWARN_BADQVEL,
-    mujoco.mjtWarning.mjWARN_BADQACC,
-)
+_BAD_STATE_WARNINGS = np.array([int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQVEL),
+                                 int(mujoco.mjtWarning.mjWARN_BADQACC)])
 
 
 def _as_rng(rng_or_seed) -> np.random.Generator:
@@ -285,7 +282,12 @@ class _MetaLocomotionMixin:
 
     def _instability_count(self) -> int:
         """How many times MuJoCo met a NaN / huge state and reset the simulation."""
-        return sum(int(self.data.warning[w].number) for w in _BAD_STATE_WARNINGS)
+        counts = getattr(self, "_warning_counts", None)
+        if counts is None or getattr(self, "_warning_data", None) is not self.data:
+            # a numpy view of mjData's warning counters, made once (building it costs a few us)
+            self._warning_counts, self._warning_data = self.data.warning.number, self.data
+            counts = self._warning_counts
+        return int(counts[_BAD_STATE_WARNINGS].sum())
 
     def _forward_velocity(self, x_before: float) -> float:
         if self.velocity_mode == "com":
