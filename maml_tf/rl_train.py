@@ -140,11 +140,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
                 log.progress(f"[{step:>5d}/{iterations}] return pre {info['pre_return']:8.2f} "
                              f"post {info['post_return']:8.2f}  kl {info['kl_after']:.4f}  "
                              f"{now - it_start:5.1f} s/it  eta {eta / 60:6.1f} min")
-            if step % t.checkpoint_every == 0 or step == stop or stop_request.requested:
-                save(step)
-            if stop_request.requested:  # keep what was done: it resumes from this checkpoint
-                log.done(f"interrupted: saved a checkpoint at iteration {step}")
-                stop_request.stop()
+            stop_request.checkpoint(step, step % t.checkpoint_every == 0 or step == stop, save, log)
     log.done()
     return learner
 

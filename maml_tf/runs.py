@@ -71,7 +71,7 @@ class Log:
 
 class StopRequest:
     """While active, SIGINT and SIGTERM ask the training loop to stop after the current iteration
-    (the loop checks `requested`, saves a checkpoint, and raises KeyboardInterrupt). Nothing is
+    (the loop calls `checkpoint` after each iteration, which saves and raises KeyboardInterrupt). Nothing is
     raised asynchronously, so a signal cannot land inside a checkpoint write or a data-pipeline
     call; a second signal interrupts at once. Outside the main thread it does nothing."""
 
@@ -99,5 +99,11 @@ class StopRequest:
             signal.signal(s, h)
         self._previous = {}
 
-    def stop(self) -> None:
-        raise KeyboardInterrupt(f"signal {self.signum}")
+    def checkpoint(self, step: int, due: bool, save, log: Log) -> None:
+        """End of an iteration: `save(step)` when a checkpoint is `due` or a stop was requested;
+        after the save of a requested stop, raise KeyboardInterrupt (the run resumes from there)."""
+        if due or self.requested:
+            save(step)
+        if self.requested:
+            log.done(f"interrupted: saved a checkpoint at iteration {step}")
+            raise KeyboardInterrupt(f"signal {self.signum}")

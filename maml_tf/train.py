@@ -215,6 +215,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                 f"the parameters became NaN or infinite before iteration {step}; nothing was saved "
                 f"over the last good checkpoint ({manager.latest_checkpoint}). Lower train.meta_lr or "
                 f"train.inner_lr, or set train.grad_clip, and resume.")
+        learner.wall_time.assign(wall0 + time.perf_counter() - t0)
         manager.save(checkpoint_number=step)
 
     step, t0, last_t, last_step, loss_sum = start, time.perf_counter(), time.perf_counter(), start, 0.0
@@ -248,12 +249,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
                     best = {"step": step, "value": value, "metric": learner.metric_name}
                     best_manager.save(checkpoint_number=step)
                     write_json(best_path, best)
-            if step % t.checkpoint_every == 0 or step == stop or stop_request.requested:
-                learner.wall_time.assign(wall0 + time.perf_counter() - t0)
-                save(step)
-            if stop_request.requested:  # keep what was done: it resumes from this checkpoint
-                log.done(f"interrupted: saved a checkpoint at iteration {step}")
-                stop_request.stop()
+            stop_request.checkpoint(step, step % t.checkpoint_every == 0 or step == stop, save, log)
     log.done()
     return learner
 

@@ -158,29 +158,23 @@ def figures(results_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    written = []
     data = {env: json.loads((results_dir / f"{env}.json").read_text()) for env in ENVS
             if (results_dir / f"{env}.json").exists()}
-    if "point" in data:
-        fig, ax = plt.subplots(figsize=(5, 3.8))
-        _plot_env(ax, data["point"], "point")
-        fig.suptitle("Figure 4 (ours): 2D navigation, 40 test tasks, 95% CI", fontsize=9)
-        fig.tight_layout()
-        path = results_dir / "fig4_point.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    loco = [env for env in ENVS[1:] if env in data]
-    if loco:
-        fig, axes = plt.subplots(1, len(loco), figsize=(4.6 * len(loco), 3.8), squeeze=False)
-        for ax, env in zip(axes[0], loco):
+    panels = [("fig4_point.png", ["point"], "Figure 4 (ours): 2D navigation, 40 test tasks, 95% CI"),
+              ("fig5_locomotion.png", list(ENVS[1:]), "Figure 5 (ours): locomotion, 40 test tasks, 95% CI")]
+    written = []
+    for name, envs, title in panels:
+        envs = [env for env in envs if env in data]
+        if not envs:
+            continue
+        fig, axes = plt.subplots(1, len(envs), figsize=(4.6 * len(envs) + 0.4, 3.8), squeeze=False)
+        for ax, env in zip(axes[0], envs):
             _plot_env(ax, data[env], env)
-        fig.suptitle("Figure 5 (ours): locomotion, 40 test tasks, 95% CI", fontsize=9)
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        path = results_dir / "fig5_locomotion.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(results_dir / name, dpi=110)
         plt.close(fig)
-        written.append(path)
+        written.append(results_dir / name)
     return written
 
 
