@@ -9,6 +9,7 @@ checkpoint with --eval-only, are reported as not run, with the reason.
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import NamedTuple
 
@@ -92,8 +93,48 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     if row["status"] == "partial":
         notes.append(f"PARTIAL: {done} of the paper's {PAPER_ITERATIONS} iterations")
     notes.append(f"checkpoint picked by meta-validation at iteration {row['evaluated_checkpoint_step']}")
-    row["note"] = "; ".join(notes)
+    if row["status"] == "partial":
+        notes.append(validation_trend(run_dir))
+    row["note"] = "; ".join(n for n in notes if n)
     return row
+
+
+def validation_trend(run_dir, last: int = 4) -> str:
+    """How the meta-validation accuracy moved over the run's last validations (read from its
+    metrics.jsonl): whether a partial run had stopped improving or was still learning."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return ""
+    vals = [(r["step"], r["val_accuracy"]) for r in map(json.loads, path.read_text().splitlines())
+            if "val_accuracy" in r]
+    if len(vals) < 2:
+        return ""
+    vals = vals[-last:]
+    rise = 100 * (vals[-1][1] - vals[0][1])
+    trend = "still rising" if rise > 1.0 else ("falling" if rise < -1.0 else "flat")
+    return (f"meta-validation accuracy {trend} at the end: " +
+            " / ".join(f"{100 * v:.1f} ({k})" for k, v in vals))
+
+
+def first_order_timing(rows: list[dict], results) -> None:
+    """§5.2 compares first- and second-order MAML in time too: note the measured step times
+    (results/bench/latest.json, `make bench`) on the first-order row."""
+    path = results / "bench" / "latest.json"
+    if not path.exists():
+        return
+    bench = {b["name"]: b for b in json.loads(path.read_text())["settings"]}
+    so, fo = bench.get("omniglot_5w1s_conv_second_order"), bench.get("omniglot_5w1s_conv_first_order")
+    if not (so and fo):
+        return
+    second = next((r for r in rows if (r["dataset"], r["way"], r["shot"], r["model"], r["order"])
+                   == ("omniglot", 5, 1, "conv", "second")), None)
+    for r in rows:
+        if (r["dataset"], r["way"], r["shot"], r["model"], r["order"]) == ("omniglot", 5, 1, "conv", "first"):
+            text = (f"meta-step {1e3 * fo['seconds_per_iteration']:.0f} ms vs {1e3 * so['seconds_per_iteration']:.0f} ms "
+                    f"second order (make bench, {so['seconds_per_iteration'] / fo['seconds_per_iteration']:.2f}x faster)")
+            if second and second["accuracy"] is not None and r["accuracy"] is not None:
+                text += f"; accuracy {r['accuracy']:.2f} vs {second['accuracy']:.2f} second order"
+            r["timing"] = text
 
 
 def markdown(rows: list[dict]) -> str:
@@ -112,7 +153,7 @@ def markdown(rows: list[dict]) -> str:
         wall = f"{r['wall_time_s'] / 3600:.1f} h" if r["wall_time_s"] else "-"
         lines.append(f"| {r['dataset']} | {r['way']} | {r['shot']} | {r['model']} | {r['order']} order | {ours} | "
                      f"{paper} | {inside} | {r['iterations']} / {r['paper_iterations']} | {wall} | "
-                     f"{r['status']} | {r['note']} |")
+                     f"{r['status']} | {'; '.join(n for n in (r['note'], r.get('timing')) if n)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,7 +169,6 @@ def main(argv=None) -> int:
         print(f"error: unknown cell(s) {sorted(unknown)}; known: {[c.name for c in CELLS]}", file=sys.stderr)
         return 2
     out_json = args.results / "table1.json"
-    import json
     previous = {(r["dataset"], r["way"], r["shot"], r["model"], r["order"]): r
                 for r in (json.loads(out_json.read_text()) if out_json.exists() else [])}
     rows = []
@@ -147,6 +187,7 @@ def main(argv=None) -> int:
     except (ConfigError, train_lib.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    first_order_timing(rows, args.results)
     records.write_json(out_json, rows)
     (args.results / "table1.md").write_text(markdown(rows))
     print(markdown(rows))
