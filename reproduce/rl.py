@@ -90,11 +90,16 @@ def findings(env: str, metrics: dict, runs: dict) -> list[str]:
         m, p = metrics["maml"], metrics["pretrained"]
         ahead = [s for s in range(1, min(len(m["returns"]), len(p["returns"])))
                  if m["returns"][s] - m["ci95"][s] > p["returns"][s] + p["ci95"][s]]
+        if any(runs[n]["status"] != "full" for n in ("maml", "pretrained") if n in runs):
+            verdict = "Partial runs: too early for a verdict."
+        elif ahead:
+            verdict = f"MAML is ahead beyond both CIs at step(s) {ahead}."
+        else:
+            verdict = ("No step where MAML is ahead beyond both CIs: with its step size tuned on training "
+                       "tasks, the pretrained policy adapts about as fast here (the paper's baseline step "
+                       "was tuned by hand).")
         out.append("MAML vs pretrained after 1.. steps: " + " / ".join(
-            f"{a:.2f} vs {b:.2f}" for a, b in zip(m["returns"][1:], p["returns"][1:])) + ". " +
-            (f"MAML is ahead beyond both CIs at step(s) {ahead}." if ahead else
-             "No step where MAML is ahead beyond both CIs: with its step size tuned on training tasks, "
-             "the pretrained policy adapts about as fast here (the paper's baseline step was tuned by hand)."))
+            f"{a:.2f} vs {b:.2f}" for a, b in zip(m["returns"][1:], p["returns"][1:])) + ". " + verdict)
     if "oracle" in metrics:
         out.append(f"Oracle: {metrics['oracle']['returns'][0]:.2f} (paper {oracle}).")
     partial = [f"{n} ({r['iterations']} of {r['paper_iterations']})" for n, r in runs.items()
