@@ -99,42 +99,52 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     return row
 
 
-def validation_trend(run_dir, last: int = 4) -> str:
-    """How the meta-validation accuracy moved over the run's last validations (read from its
-    metrics.jsonl): whether a partial run had stopped improving or was still learning."""
+def validation_curve(run_dir) -> dict[int, float]:
+    """Meta-validation accuracy by iteration, from the run's metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
-        return ""
-    vals = [(r["step"], r["val_accuracy"]) for r in map(json.loads, path.read_text().splitlines())
-            if "val_accuracy" in r]
+        return {}
+    return {r["step"]: r["val_accuracy"] for r in map(json.loads, path.read_text().splitlines())
+            if "val_accuracy" in r}
+
+
+def validation_trend(run_dir, last: int = 4) -> str:
+    """How the meta-validation accuracy moved over the run's last validations: whether a partial
+    run had stopped improving or was still learning."""
+    vals = sorted(validation_curve(run_dir).items())[-last:]
     if len(vals) < 2:
         return ""
-    vals = vals[-last:]
     rise = 100 * (vals[-1][1] - vals[0][1])
     trend = "still rising" if rise > 1.0 else ("falling" if rise < -1.0 else "flat")
     return (f"meta-validation accuracy {trend} at the end: " +
             " / ".join(f"{100 * v:.1f} ({k})" for k, v in vals))
 
 
-def first_order_timing(rows: list[dict], results) -> None:
-    """§5.2 compares first- and second-order MAML in time too: note the measured step times
-    (results/bench/latest.json, `make bench`) on the first-order row."""
-    path = results / "bench" / "latest.json"
-    if not path.exists():
-        return
-    bench = {b["name"]: b for b in json.loads(path.read_text())["settings"]}
-    so, fo = bench.get("omniglot_5w1s_conv_second_order"), bench.get("omniglot_5w1s_conv_first_order")
-    if not (so and fo):
-        return
-    second = next((r for r in rows if (r["dataset"], r["way"], r["shot"], r["model"], r["order"])
-                   == ("omniglot", 5, 1, "conv", "second")), None)
+def first_vs_second_order(rows: list[dict], results) -> None:
+    """§5.2 compares first- and second-order MAML in accuracy and time. On the first-order row:
+    meta-validation accuracy of both at the same iteration (fair when one run is shorter), and
+    the measured step times (results/bench/latest.json, `make bench`)."""
+    key = lambda r: (r["dataset"], r["way"], r["shot"], r["model"])
     for r in rows:
-        if (r["dataset"], r["way"], r["shot"], r["model"], r["order"]) == ("omniglot", 5, 1, "conv", "first"):
-            text = (f"meta-step {1e3 * fo['seconds_per_iteration']:.0f} ms vs {1e3 * so['seconds_per_iteration']:.0f} ms "
-                    f"second order (make bench, {so['seconds_per_iteration'] / fo['seconds_per_iteration']:.2f}x faster)")
-            if second and second["accuracy"] is not None and r["accuracy"] is not None:
-                text += f"; accuracy {r['accuracy']:.2f} vs {second['accuracy']:.2f} second order"
-            r["timing"] = text
+        second = next((q for q in rows if key(q) == key(r) and q["order"] == "second"), None)
+        if r["order"] != "first" or second is None or r["accuracy"] is None:
+            continue
+        texts = []
+        curves = [validation_curve(common.run_dir(common.load(q["config"]), results)) for q in (r, second)]
+        shared = sorted(set(curves[0]) & set(curves[1]))
+        if shared:
+            k = shared[-1]
+            texts.append(f"meta-validation at iteration {k}: {100 * curves[0][k]:.1f} first vs "
+                         f"{100 * curves[1][k]:.1f} second order")
+        bench_path = results / "bench" / "latest.json"
+        name = f"{r['dataset']}_{r['way']}w{r['shot']}s_{r['model']}"
+        bench = {b["name"]: b for b in json.loads(bench_path.read_text())["settings"]} if bench_path.exists() else {}
+        fo, so = bench.get(f"{name}_first_order"), bench.get(f"{name}_second_order")
+        if fo and so:
+            texts.append(f"meta-step {1e3 * fo['seconds_per_iteration']:.0f} ms vs "
+                         f"{1e3 * so['seconds_per_iteration']:.0f} ms second order (make bench, "
+                         f"{so['seconds_per_iteration'] / fo['seconds_per_iteration']:.2f}x faster)")
+        r["timing"] = "; ".join(texts)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -187,7 +197,7 @@ def main(argv=None) -> int:
     except (ConfigError, train_lib.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    first_order_timing(rows, args.results)
+    first_vs_second_order(rows, args.results)
     records.write_json(out_json, rows)
     (args.results / "table1.md").write_text(markdown(rows))
     print(markdown(rows))
