@@ -229,13 +229,33 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
 
 # ----------------------------------------------------------------------------- main
 
+def report_only(args) -> int:
+    out = args.results / "rl"
+    path = out / f"{args.env}.json"
+    if not path.exists():
+        print(f"error: {path} does not exist: run `python -m reproduce.rl {args.env}` first", file=sys.stderr)
+        return 2
+    summary = json.loads(path.read_text())
+    summary["findings"] = findings(args.env, summary["metrics"], summary["runs"])
+    records.write_json(path, summary)
+    (out / "table.md").write_text(table(out))
+    figures(out)
+    print(table(out))
+    return 0
+
+
 def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("env", choices=ENVS)
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"which methods to train and evaluate (default: all: {', '.join(BASE_METHODS)}, and "
                         f"for point also {', '.join(EXTRA_METHODS['point'])})")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: rewrite the findings, table.md and figures from "
+                        "results/rl/<env>.json")
     args = common.parse(p, argv)
+    if args.report_only:
+        return report_only(args)
     methods = args.methods or list(methods_of(args.env))
     unknown = [m for m in methods if m not in methods_of(args.env)]
     if unknown:
