@@ -107,6 +107,11 @@ class MetaLearner:
     def train_step(self, batch) -> tf.Tensor:
         return self._train_step(batch)
 
+    def meta_gradient_graph(self, batch):
+        """The traced graph of one replica's meta-gradient on `batch` (what `make bench` counts
+        FLOPs in)."""
+        return self._grads.get_concrete_function(self.param_values(), self.inner_lr(), batch).graph
+
     def param_values(self) -> dict:
         return {k: v.value() for k, v in self.params.items()}
 

@@ -76,8 +76,8 @@ def op_flops(op) -> int:
     return 0
 
 
-def graph_flops(concrete) -> int:
-    return sum(op_flops(op) for op in concrete.graph.get_operations())
+def graph_flops(graph) -> int:
+    return sum(op_flops(op) for op in graph.get_operations())
 
 
 SETTINGS = {
@@ -112,7 +112,7 @@ def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate:
         t0 = time.perf_counter()
         learner.train_step(batch).numpy()
         times.append(time.perf_counter() - t0)
-    flops = graph_flops(learner._grads.get_concrete_function(learner.param_values(), learner.inner_lr(), batch))
+    flops = graph_flops(learner.meta_gradient_graph(batch))
     sec = float(np.median(times))
     floor = flops / rate
     return {"name": name, "config": cfg_name, "overrides": overrides, "meta_batch": cfg.train.meta_batch,
