@@ -22,7 +22,7 @@ import yaml
 from maml_tf import nets, rl
 from maml_tf.config import RLConfig
 from maml_tf.records import write_json
-from maml_tf.runs import Log, StopRequest, TrainingError, check_resume
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session
 
 _SAMPLERS: dict = {}
 
@@ -85,6 +85,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
     stop = iterations if stop_after is None else min(iterations, start + stop_after)
     if start >= stop:
         return learner
+    record_session(run_dir, start, stop)
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None

@@ -11,6 +11,8 @@ from pathlib import Path
 import tensorflow as tf
 import yaml
 
+from maml_tf import records
+
 
 class TrainingError(RuntimeError):
     """A run cannot go on (diverged, or its directory holds a different run); the message says what to do."""
@@ -41,6 +43,24 @@ def check_resume(run_dir: Path, cfg) -> None:
         elif a != b and section not in ("notes", "eval"):
             raise TrainingError(f"{run_dir} holds a run with {section}={a!r}, this config has {b!r}; "
                                 f"use a new --run-dir or delete {run_dir}.")
+
+
+def record_session(run_dir: Path, start: int, stop: int) -> None:
+    """Append to run_dir/sessions.jsonl which code commit trains iterations start..stop, where and
+    when: a run resumed across sessions names every commit that trained it."""
+    entry = {"commit": records.commit(), "from_iteration": start, "to_iteration": stop,
+             "started": records.now(), "host": records.machine()["host"]}
+    with (run_dir / "sessions.jsonl").open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def training_commits(run_dir: Path) -> list[str]:
+    """The commits that trained the run (from sessions.jsonl; empty for runs older than it)."""
+    path = run_dir / "sessions.jsonl"
+    if not path.exists():
+        return []
+    seen = [json.loads(line)["commit"] for line in path.read_text().splitlines() if line.strip()]
+    return list(dict.fromkeys(seen))
 
 
 class Log:

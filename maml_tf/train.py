@@ -25,7 +25,7 @@ import yaml
 from maml_tf import evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.records import write_json
-from maml_tf.runs import Log, StopRequest, TrainingError, check_resume
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
@@ -206,6 +206,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
     stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
     if start >= stop:
         return learner
+    record_session(run_dir, start, stop)
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from maml_tf import config as config_lib
-from maml_tf import records
+from maml_tf import records, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "reproduce" / "configs"
@@ -35,10 +35,12 @@ def paper_iterations(name: str | Path) -> int:
     return load(name).train.iterations
 
 
-def record(cfg: config_lib.Config, learner, paper_iters: int) -> dict:
-    """The provenance block of a results file for one trained run."""
+def record(cfg: config_lib.Config, learner, paper_iters: int, run_dir: Path) -> dict:
+    """The provenance block of a results file for one trained run: `commit` is the code that
+    evaluated it, `training_commits` the code that trained it (one per training session)."""
     done = int(learner.step.numpy())
-    return {"config": cfg.to_dict(), "commit": records.commit(), "iterations": done,
+    return {"config": cfg.to_dict(), "commit": records.commit(),
+            "training_commits": runs.training_commits(run_dir), "iterations": done,
             "paper_iterations": paper_iters, "status": "full" if done >= paper_iters else "partial",
             "seed": cfg.seed, "wall_time_s": round(float(learner.wall_time.numpy()), 1),
             "machine": records.machine(), "written": records.now()}

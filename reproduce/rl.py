@@ -60,7 +60,7 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
               f"{cfg.eval.tasks} test tasks", file=sys.stderr)
     metrics = rl_train.evaluate(cfg, learner)
     metrics.pop("per_task", None)
-    run = common.record(cfg, learner, common.paper_iterations(cfg_name))
+    run = common.record(cfg, learner, common.paper_iterations(cfg_name), run_dir)
     run["evaluated_iteration"] = evaluated
     run["env_steps"] = int(learner.env_steps.numpy())
     best = run_dir / "best.json"

@@ -214,9 +214,10 @@ def main(argv=None) -> int:
             cfg = common.load(cfg_name, args.iterations, sets)
             if not args.quiet:
                 print(f"== {name}: training to {cfg.train.iterations} iterations", file=sys.stderr)
-            learners[name] = train_lib.train(cfg, common.run_dir(cfg, args.results), quiet=args.quiet)
+            run_dir = common.run_dir(cfg, args.results)
+            learners[name] = train_lib.train(cfg, run_dir, quiet=args.quiet)
             cfgs[name] = cfg
-            runs[name] = common.record(cfg, learners[name], common.paper_iterations(cfg_name))
+            runs[name] = common.record(cfg, learners[name], common.paper_iterations(cfg_name), run_dir)
             metrics[name] = evaluate_method(name, learners[name], cfg)
     except (ConfigError, train_lib.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from maml_tf import evaluate, records, tasks
+from maml_tf import evaluate, records, runs, tasks
 from maml_tf import train as train_lib
 from maml_tf.config import ConfigError
 from reproduce import common
@@ -85,7 +85,8 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
                iterations=done, evaluated_checkpoint_step=int(best.step.numpy()),
                wall_time_s=round(float(latest.wall_time.numpy()), 1),
                status="full" if done >= PAPER_ITERATIONS else "partial",
-               commit=records.commit(), seed=cfg.seed, machine=records.machine(), eval_seed=cfg.eval.seed,
+               commit=records.commit(), training_commits=runs.training_commits(run_dir), seed=cfg.seed,
+               machine=records.machine(), eval_seed=cfg.eval.seed,
                eval_tasks=cfg.eval.tasks, test_steps=cfg.eval.steps)
     if cell.paper_accuracy is not None:
         row["paper_inside_ci"] = bool(abs(row["accuracy"] - cell.paper_accuracy) <= row["ci95"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import config, evaluate, maml, tasks, train
+from maml_tf import config, evaluate, maml, runs, tasks, train
 
 SINUSOID = {"experiment": "t", "task": {"kind": "sinusoid", "support": 10, "query": 10},
             "model": {"kind": "mlp", "sizes": [1, 40, 40, 1]},
@@ -47,6 +47,11 @@ def test_resume_continues_exactly(tmp_path):
         np.testing.assert_allclose(resumed.params[k].numpy(), straight.params[k].numpy(), rtol=1e-6, atol=1e-7)
     # the optimizer state came back too
     assert int(resumed.optimizer.iterations.numpy()) == 40
+    # each training session is on record, with the commit that ran it
+    import json
+    sessions = [json.loads(line) for line in (tmp_path / "b" / "sessions.jsonl").read_text().splitlines()]
+    assert [(s["from_iteration"], s["to_iteration"]) for s in sessions] == [(0, 20), (20, 40)]
+    assert runs.training_commits(tmp_path / "b") == [sessions[0]["commit"]]
 
 
 def test_resume_with_a_different_experiment_is_refused(tmp_path):
