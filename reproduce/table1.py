@@ -93,7 +93,10 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     notes = []
     if row["status"] == "partial":
         notes.append(f"PARTIAL: {done} of the paper's {PAPER_ITERATIONS} iterations")
-    notes.append(f"checkpoint picked by meta-validation at iteration {row['evaluated_checkpoint_step']}")
+    if (run_dir / "best" / "checkpoint").exists():
+        notes.append(f"checkpoint picked by meta-validation at iteration {row['evaluated_checkpoint_step']}")
+    else:
+        notes.append(f"no meta-validation yet (every {cfg.train.val_every} iterations): the latest checkpoint")
     if row["status"] == "partial":
         notes.append(validation_trend(run_dir))
     row["note"] = "; ".join(n for n in notes if n)
