@@ -84,8 +84,12 @@ def findings(env: str, metrics: dict, runs: dict) -> list[str]:
                    f"and {b:.2f} with alpha = 0.5; {closer} reproduces Table 4 / Figure 4 more closely.")
     for name in ("pretrained", "random"):
         if name in metrics and metrics[name].get("alpha") is not None:
-            out.append(f"{name}: fine-tuning step {metrics[name]['alpha']}, tuned on training tasks "
-                       f"(search: {metrics[name].get('alpha_search')}).")
+            alpha, search = metrics[name]["alpha"], metrics[name].get("alpha_search") or {}
+            grid = ", ".join(f"{k}: {v:.2f}" for k, v in search.items())
+            edge = (" It is the largest step of the grid: a wider eval.lr_grid may find a better one."
+                    if search and float(alpha) >= max(map(float, search)) else "")
+            out.append(f"{name}: fine-tuning step {alpha}, tuned on training tasks (mean return by "
+                       f"step: {grid}).{edge}")
     if "maml" in metrics and "pretrained" in metrics:
         m, p = metrics["maml"], metrics["pretrained"]
         ahead = [s for s in range(1, min(len(m["returns"]), len(p["returns"])))
