@@ -241,11 +241,16 @@ def report_only(args) -> int:
         return 2
     summary = json.loads(path.read_text())
     summary["findings"] = findings(args.env, summary["metrics"], summary["runs"])
+    write_reports(out, path, summary)
+    return 0
+
+
+def write_reports(out: Path, path: Path, summary: dict) -> None:
+    """The environment's JSON, then table.md and the figures over every environment's JSON."""
     records.write_json(path, summary)
     (out / "table.md").write_text(table(out))
     figures(out)
     print(table(out))
-    return 0
 
 
 def main(argv=None) -> int:
@@ -289,12 +294,9 @@ def main(argv=None) -> int:
                "paper": {"maml": PAPER[args.env][0], "oracle": PAPER[args.env][1]}}
     summary["findings"] = findings(args.env, metrics, runs)
     out.mkdir(parents=True, exist_ok=True)
-    records.write_json(path, summary)
-    (out / "table.md").write_text(table(out))
-    figures(out)
+    write_reports(out, path, summary)
     if args.env == "point":
         figure_point_paths(args, metrics, out / "fig4_point_paths.png")
-    print(table(out))
     return 0
 
 
