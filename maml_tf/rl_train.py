@@ -89,7 +89,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None
-    log = Log(run_dir, iterations, quiet)
+    log = Log(run_dir, quiet)
     s = sampler(learner.model, cfg, t.meta_batch, t.trajectories)
     sample_tasks = rl.task_sampler(cfg.env, cfg.env_kwargs)
 

@@ -46,8 +46,9 @@ def check_resume(run_dir: Path, cfg) -> None:
 
 
 def record_session(run_dir: Path, start: int, stop: int) -> None:
-    """Append to run_dir/sessions.jsonl which code commit trains iterations start..stop, where and
-    when: a run resumed across sessions names every commit that trained it."""
+    """Append to run_dir/sessions.jsonl which code commit trains from iteration `start` toward
+    `stop` (the session's budget; the next session's `from_iteration` says where it really
+    stopped), where and when: a run resumed across sessions names every commit that trained it."""
     entry = {"commit": records.commit(), "from_iteration": start, "to_iteration": stop,
              "started": records.now(), "host": records.machine()["host"]}
     with (run_dir / "sessions.jsonl").open("a") as f:
@@ -66,10 +67,10 @@ def training_commits(run_dir: Path) -> list[str]:
 class Log:
     """Metrics to metrics.jsonl and TensorBoard, and a one-line progress display."""
 
-    def __init__(self, run_dir: Path, total: int, quiet: bool):
+    def __init__(self, run_dir: Path, quiet: bool):
         self.path = run_dir / "metrics.jsonl"
         self.writer = tf.summary.create_file_writer(str(run_dir / "tb"))
-        self.total, self.quiet = total, quiet
+        self.quiet = quiet
 
     def write(self, step: int, values: dict) -> None:
         with self.path.open("a") as f:

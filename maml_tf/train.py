@@ -210,7 +210,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None
-    log = Log(run_dir, t.iterations, quiet)
+    log = Log(run_dir, quiet)
     source = tasks.build(cfg.task, split="train")
     data = batches(source, cfg.seed, start, stop, t.meta_batch)
 

@@ -129,6 +129,8 @@ def first_vs_second_order(rows: list[dict], results) -> None:
     meta-validation accuracy of both at the same iteration (fair when one run is shorter), and
     the measured step times (results/bench/latest.json, `make bench`)."""
     key = lambda r: (r["dataset"], r["way"], r["shot"], r["model"])
+    bench_path = results / "bench" / "latest.json"
+    bench = {b["name"]: b for b in json.loads(bench_path.read_text())["settings"]} if bench_path.exists() else {}
     for r in rows:
         second = next((q for q in rows if key(q) == key(r) and q["order"] == "second"), None)
         if r["order"] != "first" or second is None or r["accuracy"] is None:
@@ -140,9 +142,7 @@ def first_vs_second_order(rows: list[dict], results) -> None:
             k = shared[-1]
             texts.append(f"meta-validation at iteration {k}: {100 * curves[0][k]:.1f} first vs "
                          f"{100 * curves[1][k]:.1f} second order")
-        bench_path = results / "bench" / "latest.json"
         name = f"{r['dataset']}_{r['way']}w{r['shot']}s_{r['model']}"
-        bench = {b["name"]: b for b in json.loads(bench_path.read_text())["settings"]} if bench_path.exists() else {}
         fo, so = bench.get(f"{name}_first_order"), bench.get(f"{name}_second_order")
         if fo and so:
             texts.append(f"meta-step {1e3 * fo['seconds_per_iteration']:.0f} ms vs "

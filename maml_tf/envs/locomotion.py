@@ -185,6 +185,9 @@ class _MetaLocomotionMixin:
 
     # ------------------------------------------------------------ construction
     def _meta_init(self, task_type, oracle, velocity_mode, reset_mode, obs_mode, velocity_range, task):
+        # a numpy view of mjData's warning counters (mjData lives as long as the env); building it
+        # at every step would cost as much as the simulation step
+        self._warning_counts = self.data.warning.number
         if task_type not in TASK_TYPES:
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
         if velocity_mode not in VELOCITY_MODES:
@@ -282,12 +285,7 @@ class _MetaLocomotionMixin:
 
     def _instability_count(self) -> int:
         """How many times MuJoCo met a NaN / huge state and reset the simulation."""
-        counts = getattr(self, "_warning_counts", None)
-        if counts is None or getattr(self, "_warning_data", None) is not self.data:
-            # a numpy view of mjData's warning counters, made once (building it costs a few us)
-            self._warning_counts, self._warning_data = self.data.warning.number, self.data
-            counts = self._warning_counts
-        return int(counts[_BAD_STATE_WARNINGS].sum())
+        return int(self._warning_counts[_BAD_STATE_WARNINGS].sum())
 
     def _forward_velocity(self, x_before: float) -> float:
         if self.velocity_mode == "com":
