@@ -7,12 +7,16 @@ gradients): every matrix multiplication (MatMul, BatchMatMul, Einsum) and convol
 multiply-add. Elementwise work (batch norm, ReLU, Adam) is not counted: the floor is the time the
 matrix work alone would take at the machine's best matmul rate.
 
-    python -m reproduce.bench [--repeats 30] [--out results/bench/latest.json]
+The meta-step runs as training runs it: on a machine without GPU, one single-threaded replica of
+the task batch per core (train.use_cpu_cores) for the configs with train.distribute: mirrored.
+
+    python -m reproduce.bench [--repeats 30] [--threads N] [--out results/bench/latest.json]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -37,6 +41,21 @@ def matmul_rate(sizes=(1024, 2048), repeats: int = 8) -> float:
                 mm(a, b).numpy()
                 best_rate = max(best_rate, 2.0 * n ** 3 / (time.perf_counter() - t0))
     return best_rate
+
+
+def machine_matmul_rate(threads: int = 0) -> float:
+    """This machine's float32 matmul rate, FLOP/s: the larger of matmul_rate with every core on
+    one multiplication and `cores` times its one-thread rate (what one single-threaded replica
+    per core could reach at best; the larger on the 2-core machine, 484 against 440 GFLOP/s).
+    Measured in child processes, because this one runs one single-threaded replica per core
+    (train.use_cpu_cores), so the floor errs low, never high."""
+    def child(n: int) -> float:
+        cmd = [sys.executable, "-m", "reproduce.bench", "--rate-only", "--threads", str(n)]
+        out = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    n = common.cores(threads)
+    return max(child(n), n * child(1)) if n > 1 else child(1)
 
 
 def _dims(shape) -> list[int]:
@@ -100,23 +119,26 @@ def synthetic_source(cfg):
 
 def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate: float) -> dict:
     cfg = common.load(cfg_name, sets=[f"{k}={v}" for k, v in overrides.items()])
-    learner = train.MetaLearner(cfg)
+    strategy = train.make_strategy(cfg.train.distribute, cfg.train.meta_batch)
+    learner = train.MetaLearner(cfg, strategy)
     source = synthetic_source(cfg)
     batch = {k: tf.constant(v) for k, v in train._model_batch(
         source.sample(np.random.default_rng(0), cfg.train.meta_batch)).items()}
+    shares = train.split_across_replicas(strategy, batch)
     t0 = time.perf_counter()
-    learner.train_step(batch).numpy()
+    learner.train_step(shares).numpy()
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        learner.train_step(batch).numpy()
+        learner.train_step(shares).numpy()
         times.append(time.perf_counter() - t0)
-    flops = graph_flops(learner.meta_gradient_graph(batch))
+    flops = graph_flops(learner.meta_gradient_graph(batch))  # the whole task batch
     sec = float(np.median(times))
     floor = flops / rate
     return {"name": name, "config": cfg_name, "overrides": overrides, "meta_batch": cfg.train.meta_batch,
-            "seconds_per_iteration": sec, "flops_per_iteration": flops, "floor_seconds": floor,
+            "replicas": strategy.num_replicas_in_sync, "seconds_per_iteration": sec,
+            "flops_per_iteration": flops, "floor_seconds": floor,
             "ratio_to_floor": sec / floor if floor else None, "compile_seconds": compile_s,
             "repeats": repeats}
 
@@ -126,8 +148,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--out", default=str(common.RESULTS / "bench" / "latest.json"))
     p.add_argument("--only", default=None, help="run only the settings whose name contains this")
+    p.add_argument("--threads", type=int, default=0, help="CPU cores to use (default: all)")
+    p.add_argument("--rate-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    rate = matmul_rate()
+    if args.rate_only:  # the child process of machine_matmul_rate
+        common.use_cores(args.threads, replicas=False)
+        print(matmul_rate())
+        return 0
+    rate = machine_matmul_rate(args.threads)
+    common.use_cores(args.threads, replicas=True)  # as the training entry points run
     rows = [bench_setting(n, c, o, args.repeats, rate) for n, (c, o) in SETTINGS.items()
             if args.only is None or args.only in n]
     extra = []

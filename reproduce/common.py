@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -56,16 +57,28 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and results go")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--threads", type=int, default=0,
-                   help="TensorFlow threads (default 0: TensorFlow's choice, all cores); 1 to run two "
-                        "jobs side by side on a 2-core machine")
+                   help="CPU cores to use (default 0: all). Without a GPU, train.distribute: mirrored "
+                        "(the classification configs) runs one single-threaded replica of the "
+                        "meta-batch per core; 1 runs two jobs side by side on a 2-core machine")
     return p
 
 
-def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse the command line and apply --threads before TensorFlow starts its thread pools."""
+def cores(threads: int = 0) -> int:
+    """--threads, or every core this process may run on."""
+    return threads or len(os.sched_getaffinity(0))
+
+
+def parse(p: argparse.ArgumentParser, argv=None, replicas: bool | None = True) -> argparse.Namespace:
+    """Parse the command line and set up TensorFlow's devices and threads for --threads before
+    TensorFlow starts (one logical CPU per core with `replicas`; see train.use_cpu_cores). An
+    entry point that only knows once it has read its config passes replicas=None and calls
+    use_cores itself."""
     args = p.parse_args(argv)
-    if args.threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if replicas is not None:
+        use_cores(args.threads, replicas)
     return args
+
+
+def use_cores(threads: int, replicas: bool) -> None:
+    from maml_tf import train
+    train.use_cpu_cores(cores(threads), replicas)

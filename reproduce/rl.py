@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: rewrite the findings, table.md and figures from "
                         "results/rl/<env>.json")
-    args = common.parse(p, argv)
+    args = common.parse(p, argv, replicas=False)
     if args.report_only:
         return report_only(args)
     methods = args.methods or list(methods_of(args.env))

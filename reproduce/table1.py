@@ -148,7 +148,7 @@ def first_vs_second_order(rows: list[dict], results) -> None:
             texts.append(f"meta-step {1e3 * fo['seconds_per_iteration']:.0f} ms vs "
                          f"{1e3 * so['seconds_per_iteration']:.0f} ms second order (make bench, "
                          f"{so['seconds_per_iteration'] / fo['seconds_per_iteration']:.2f}x faster)")
-        r["timing"] = "; ".join(texts)
+        r["first_vs_second_order"] = "; ".join(texts)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -167,7 +167,7 @@ def markdown(rows: list[dict]) -> str:
         wall = f"{r['wall_time_s'] / 3600:.1f} h" if r["wall_time_s"] else "-"
         lines.append(f"| {r['dataset']} | {r['way']} | {r['shot']} | {r['model']} | {r['order']} order | {ours} | "
                      f"{paper} | {inside} | {r['iterations']} / {r['paper_iterations']} | {wall} | "
-                     f"{r['status']} | {'; '.join(n for n in (r['note'], r.get('timing')) if n)} |")
+                     f"{r['status']} | {'; '.join(n for n in (r['note'], r.get('first_vs_second_order')) if n)} |")
     return "\n".join(lines) + "\n"
 
 

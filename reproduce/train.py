@@ -15,9 +15,10 @@ def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("config", help="a config under reproduce/configs (e.g. omniglot/conv_5w1s) or a path")
     p.add_argument("--run-dir", default=None)
-    args = common.parse(p, argv)
+    args = common.parse(p, argv, replicas=None)
     try:
         cfg = common.load(args.config, args.iterations, args.set)
+        common.use_cores(args.threads, replicas=not isinstance(cfg, RLConfig))
         if isinstance(cfg, RLConfig):  # an RL config (reproduce/configs/rl/...)
             from maml_tf import rl_train
             rl_train.train(cfg, args.run_dir or common.run_dir(cfg, args.results), quiet=args.quiet)

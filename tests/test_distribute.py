@@ -1,4 +1,5 @@
-"""tf.distribute: a meta-step split over two replicas equals the single-device step.
+"""tf.distribute: a meta-step split over two replicas (one per logical CPU, as train.use_cpu_cores
+sets up the training entry points on a machine without GPU) equals the single-device step.
 
 Runs in a subprocess, because the two logical CPU devices must be configured before TensorFlow
 initialises."""
@@ -11,10 +12,10 @@ from pathlib import Path
 SCRIPT = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from maml_tf import config, train
-    out = {}
+    train.use_cpu_cores(2)  # one single-threaded logical CPU per (virtual) core
+    out = {"threads": tf.config.threading.get_intra_op_parallelism_threads(),
+           "replicas_for_odd_batch": train.make_strategy("mirrored", 7).num_replicas_in_sync}
     for strategy in ("default", "mirrored"):
         cfg = config.from_dict({"experiment": "d", "task": {"kind": "sinusoid"},
                                 "model": {"kind": "mlp", "sizes": [1, 40, 40, 1]},
@@ -35,6 +36,8 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["default"]["replicas"] == 1 and out["mirrored"]["replicas"] == 2
+    assert out["threads"] == 1
+    assert out["replicas_for_odd_batch"] == 1  # a meta-batch of 7 cannot be split over 2
     import numpy as np
     for k, v in out["default"]["params"].items():
         np.testing.assert_allclose(out["mirrored"]["params"][k], v, rtol=1e-4, atol=1e-6)
