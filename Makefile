@@ -6,7 +6,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: setup test bench sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: setup test bench campaign campaign-status sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
 
 ## setup: a virtual environment in .venv with the pinned requirements
 setup: .venv/.installed
@@ -55,3 +55,12 @@ rl-ant-vel: setup
 	$(PY) -m reproduce.rl ant_vel $(iters)
 rl-ant-dir: setup
 	$(PY) -m reproduce.rl ant_dir $(iters)
+
+## campaign: train the queue of unfinished runs (reproduce/campaign.py) for HOURS on CORES cores,
+## one run per core, stop them cleanly, evaluate what moved -> results/campaign.md and the tables
+HOURS ?= 2.5
+CORES ?= $(shell nproc)
+campaign: setup data-omniglot
+	$(PY) -m reproduce.campaign --hours $(HOURS) --cores $(CORES)
+campaign-status: setup
+	$(PY) -m reproduce.campaign --status

@@ -22,7 +22,7 @@ import yaml
 from maml_tf import nets, rl
 from maml_tf.config import RLConfig
 from maml_tf.records import write_json
-from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session
+from maml_tf.runs import Log, RunLock, StopRequest, TrainingError, check_resume, record_session
 
 _SAMPLERS: dict = {}
 
@@ -64,7 +64,13 @@ def make_learner(cfg: RLConfig, model: nets.Model | None = None) -> rl.PolicyLea
 def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
           stop_after: int | None = None) -> rl.PolicyLearner:
     """Train (or resume) the run in `run_dir` up to cfg.train.iterations (0 for `random`: the
-    initial policy is saved as it is). `stop_after` stops after that many iterations of this call."""
+    initial policy is saved as it is), holding the run directory's lock. `stop_after` stops after
+    that many iterations of this call."""
+    with RunLock(run_dir):
+        return _train(cfg, run_dir, quiet, stop_after)
+
+
+def _train(cfg: RLConfig, run_dir: str | Path, quiet: bool, stop_after: int | None) -> rl.PolicyLearner:
     t = cfg.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,7 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     learner = make_learner(cfg)
-    manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=2)
+    manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=1)
     best_params = {k: tf.Variable(v) for k, v in learner.params.items()}
     best_ckpt = tf.train.Checkpoint(params=best_params, step=tf.Variable(0, dtype=tf.int64))
     best_manager = tf.train.CheckpointManager(best_ckpt, run_dir / "best", max_to_keep=1)

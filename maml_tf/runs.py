@@ -2,7 +2,9 @@
 the metrics log, and stopping on a signal with a checkpoint."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import sys
 import threading
@@ -20,6 +22,43 @@ class TrainingError(RuntimeError):
 
 # train.* keys that may change when a run is resumed (budget and bookkeeping, not the algorithm)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
+
+
+# how many cores this process trains on (set by train.use_cpu_cores; recorded in sessions.jsonl)
+CORES: int | None = None
+
+
+class RunLock:
+    """While held, no other process may train in `run_dir`: the second one is refused at once,
+    with the first one's PID. An advisory lock on run_dir/.lock (flock), released by the kernel
+    when the holder exits, however it exits (kill -9 included), so a stale lock cannot block a
+    resume."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise TrainingError(
+                f"{self.path.parent} is in use by process {holder}, which is training this run. Wait "
+                f"for it to finish, or stop it (kill -TERM {holder}: it saves a checkpoint), then "
+                f"resume; or train into another directory (--run-dir).") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
 
 
 def check_resume(run_dir: Path, cfg) -> None:
@@ -51,6 +90,8 @@ def record_session(run_dir: Path, start: int, stop: int) -> None:
     stopped), where and when: a run resumed across sessions names every commit that trained it."""
     entry = {"commit": records.commit(), "from_iteration": start, "to_iteration": stop,
              "started": records.now(), "host": records.machine()["host"]}
+    if CORES is not None:
+        entry["cores"] = CORES
     with (run_dir / "sessions.jsonl").open("a") as f:
         f.write(json.dumps(entry) + "\n")
 

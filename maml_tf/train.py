@@ -25,7 +25,8 @@ import yaml
 from maml_tf import evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.records import write_json
-from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session
+from maml_tf import runs
+from maml_tf.runs import Log, RunLock, StopRequest, TrainingError, check_resume, record_session
 
 def use_cpu_cores(cores: int, replicas: bool = True) -> None:
     """Set up TensorFlow's CPU threads; call before TensorFlow initialises its devices.
@@ -37,6 +38,7 @@ def use_cpu_cores(cores: int, replicas: bool = True) -> None:
     norm, ReLU, im2col) run on one thread. Without `replicas` (or on GPU machines), `cores` bounds
     TensorFlow's thread pools as usual."""
     split = replicas and cores > 1 and not tf.config.list_physical_devices("GPU")
+    runs.CORES = cores
     try:
         if split:
             cpu = tf.config.list_physical_devices("CPU")[0]
@@ -213,9 +215,15 @@ def test_inner_lr(learner: MetaLearner, cfg: Config):
 
 
 def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None) -> MetaLearner:
-    """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
+    """Train (or resume) the run in `run_dir` up to cfg.train.iterations, holding the run
+    directory's lock (a second process on it is refused).
 
     `stop_after` stops early after that many iterations of this call (used to test resuming)."""
+    with RunLock(run_dir):
+        return _train(cfg, run_dir, quiet, stop_after)
+
+
+def _train(cfg: Config, run_dir: str | Path, quiet: bool, stop_after: int | None) -> MetaLearner:
     t = cfg.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,8 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
         raise TrainingError(f"train.meta_batch={t.meta_batch} must be divisible by the "
                             f"{strategy.num_replicas_in_sync} replicas")
     learner = MetaLearner(cfg, strategy)
-    manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=2)
+    # the latest checkpoint and the best only: older ones are deleted as new ones are written
+    manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=1)
     best_manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "best", max_to_keep=1)
     if manager.latest_checkpoint:
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()

@@ -50,10 +50,15 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
     cfg = common.load(cfg_name, None if name == "random" else args.iterations, args.set)
     run_dir = common.run_dir(cfg, args.results) if name in BASE_METHODS else \
         args.results / cfg.experiment / name
-    if not args.quiet:
-        print(f"== {env}/{name}: training to {0 if name == 'random' else cfg.train.iterations} iterations",
-              file=sys.stderr)
-    rl_train.train(cfg, run_dir, quiet=args.quiet)
+    if args.eval_only:
+        if not (run_dir / "checkpoints" / "checkpoint").exists():
+            raise TrainingError(f"no checkpoint in {run_dir}: run `python -m reproduce.rl {env} --methods "
+                                f"{name}` without --eval-only to train it")
+    else:
+        if not args.quiet:
+            print(f"== {env}/{name}: training to {0 if name == 'random' else cfg.train.iterations} "
+                  f"iterations", file=sys.stderr)
+        rl_train.train(cfg, run_dir, quiet=args.quiet)
     learner, evaluated = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
     if not args.quiet:
         print(f"== {env}/{name}: evaluating iteration {evaluated} ({cfg.eval.checkpoint}) on "
@@ -259,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"which methods to train and evaluate (default: all: {', '.join(BASE_METHODS)}, and "
                         f"for point also {', '.join(EXTRA_METHODS['point'])})")
+    p.add_argument("--eval-only", action="store_true",
+                   help="train nothing: evaluate the methods' existing checkpoints and regenerate the reports")
     p.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: rewrite the findings, table.md and figures from "
                         "results/rl/<env>.json")

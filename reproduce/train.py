@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     except (ConfigError, train_lib.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGINT / SIGTERM: the loop saved a checkpoint first
+        print("stopped: a checkpoint was saved; the same command resumes the run", file=sys.stderr)
+        return 130
     return 0
 
 

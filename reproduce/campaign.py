@@ -1,0 +1,397 @@
+"""The reproduction campaign: every run the paper needs, trained to its budget in the background.
+
+A fixed queue (QUEUE below, cheapest value first) of training runs, each with the paper's budget.
+The campaign resumes the first unfinished runs of the queue, one per core it is given (each worker
+is `python -m reproduce.train CONFIG --threads 1`), starts the next one when a run reaches its
+budget, stops every worker cleanly (SIGTERM: the worker finishes its iteration and writes a
+checkpoint) `--report-minutes` before `--hours` are up, then evaluates what moved and regenerates
+the tables and figures it touched (`reproduce.table1 --eval-only`, `reproduce.rl ENV --eval-only`).
+It prints, and writes to results/campaign.md, where every run stands: iterations done / budget, the
+latest meta-validation metric or training return, the measured seconds per iteration and the
+core-hours still needed.
+
+    python -m reproduce.campaign --hours 2.5 --cores 1     # make campaign HOURS=2.5 CORES=1
+    python -m reproduce.campaign --status                  # only the table; trains nothing
+
+The workers run from a snapshot of the last commit (a git worktree in .campaign/, made by the
+campaign): editing the code while the campaign runs changes nothing it runs, and every checkpoint
+records the commit that trained it. Uncommitted changes are not part of the snapshot (the campaign
+says so). Run directories stay in results/ of this checkout; a run directory is locked by the
+process training it, so a run started by hand is skipped, not trained twice.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "reproduce" / "configs"
+RESULTS = ROOT / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of the queue: a config (under reproduce/configs, or a path), an optional
+    seed other than the config's (its run directory gets a `_seed<N>` suffix), and the report that
+    evaluates it: ("table1", cell name), ("rl", env, method), or () for none yet."""
+    config: str
+    report: tuple = ()
+    seed: int | None = None
+    hold: str = ""    # why the run waits (it is listed, never started); empty: it may run
+
+    @property
+    def name(self) -> str:
+        return self.config + (f" (seed {self.seed})" if self.seed is not None else "")
+
+    def path(self) -> Path:
+        p = Path(self.config)
+        return p if p.suffix in (".yaml", ".yml") else CONFIGS / f"{self.config}.yaml"
+
+    def raw(self) -> dict:
+        return yaml.safe_load(self.path().read_text())
+
+    def budget(self) -> int:
+        return int(self.raw()["train"]["iterations"])
+
+    def run_dir(self, results: Path) -> Path:
+        raw = self.raw()
+        method = raw.get("method", "maml") + (f"_seed{self.seed}" if self.seed is not None else "")
+        return results / raw["experiment"] / method
+
+    def command(self, python: str, results: Path) -> list[str]:
+        cmd = [python, "-m", "reproduce.train", str(self.path()), "--threads", "1", "--quiet",
+               "--results", str(results), "--run-dir", str(self.run_dir(results))]
+        if self.seed is not None:
+            cmd += ["--set", f"seed={self.seed}"]
+        return cmd
+
+
+def _rl(env: str, methods=("maml", "pretrained", "oracle")) -> list[Run]:
+    return [Run(f"rl/{env}/{m}", ("rl", env, m)) for m in methods]
+
+
+def _cell(config: str, cell: str, hold: str = "") -> Run:
+    return Run(config, ("table1", cell), hold=hold)
+
+
+MINIIMAGENET_HOLD = ("its meta-step is 13x or more above its floor (issue 20): made fast before it "
+                     "is trained")
+
+# Cheapest value first (README, "The campaign"): the small Omniglot cells finish in hours and
+# complete Table 1 rows; MiniImagenet's four cells follow the Omniglot 5-way ones; half-cheetah
+# (about 3 core-hours per method); then the long ones: Omniglot 20-way 1-shot, ant (sampling-bound,
+# about 10 core-hours per method) and 20-way 5-shot (about 50 core-hours) last. At the tail, two
+# more seeds of the settings already reproduced at full budget, for the seed variance the paper
+# never reported.
+QUEUE: list[Run] = [
+    _cell("omniglot/mlp_5w1s", "omniglot_5w1s_mlp"),
+    _cell("omniglot/mlp_5w5s", "omniglot_5w5s_mlp"),
+    _cell("omniglot/conv_5w1s_first_order", "omniglot_5w1s_conv_first_order"),
+    _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
+    _cell("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv", MINIIMAGENET_HOLD),
+    _cell("miniimagenet/conv_5w1s_first_order", "miniimagenet_5w1s_conv_first_order", MINIIMAGENET_HOLD),
+    _cell("miniimagenet/conv_5w5s", "miniimagenet_5w5s_conv", MINIIMAGENET_HOLD),
+    _cell("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order", MINIIMAGENET_HOLD),
+    *_rl("cheetah_vel"),
+    *_rl("cheetah_dir"),
+    # Appendix C (context vector, parameter averaging) joins here once its configs exist (issue 15).
+    _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
+    *_rl("ant_vel"),
+    *_rl("ant_dir"),
+    _cell("omniglot/conv_20w5s", "omniglot_20w5s_conv"),
+    *[Run(c, (), seed) for seed in (1, 2) for c in ("sinusoid/maml", "sinusoid/pretrained")],
+    *[Run("omniglot/conv_5w1s", (), seed) for seed in (1, 2)],
+    *[Run("rl/point/maml", (), seed) for seed in (2, 3)],  # the config's own seed is 1
+]
+
+
+# ----------------------------------------------------------------------------- where a run stands
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut by a kill: the rest still counts
+    return out
+
+
+def done_iterations(run_dir: Path) -> int:
+    """The iteration of the run's latest checkpoint (read from the checkpoint index, no TensorFlow)."""
+    index = run_dir / "checkpoints" / "checkpoint"
+    if not index.exists():
+        return 0
+    for line in index.read_text().splitlines():
+        if line.startswith("model_checkpoint_path:"):
+            return int(line.split('"')[1].rsplit("-", 1)[1])
+    return 0
+
+
+def latest_metric(run_dir: Path) -> str:
+    """The latest meta-validation metric (supervised) or average training return (RL)."""
+    rows = _jsonl(run_dir / "metrics.jsonl")
+    for r in reversed(rows):
+        if "val_accuracy" in r:
+            return f"val acc {100 * r['val_accuracy']:.1f}% @{r['step']}"
+        if "val_mse" in r:
+            return f"val mse {r['val_mse']:.3f} @{r['step']}"
+        if "post_return" in r and r.get("post_return") is not None and "pre_return" in r:
+            key = "post_return" if r["post_return"] != r["pre_return"] else "pre_return"
+            return f"{'post-update' if key == 'post_return' else ''} return {r[key]:.1f} @{r['step']}".strip()
+    return "-"
+
+
+def seconds_per_iteration(run_dir: Path) -> tuple[float | None, int]:
+    """(median seconds per iteration over the run's last logged intervals, cores used then): the
+    cores come from sessions.jsonl (recorded since the campaign; older sessions used every core)."""
+    rows = _jsonl(run_dir / "metrics.jsonl")
+    times = [1.0 / r["it_per_s"] for r in rows if r.get("it_per_s")][-10:]
+    if not times:
+        times = [r["iteration_s"] for r in rows if r.get("iteration_s")][-5:]
+    sessions = _jsonl(run_dir / "sessions.jsonl")
+    cores = sessions[-1].get("cores") if sessions else None
+    return (statistics.median(times) if times else None), cores
+
+
+def status_rows(queue: list[Run], results: Path, running: dict | None = None,
+                notes: dict | None = None) -> list[dict]:
+    rows = []
+    for run in queue:
+        d = run.run_dir(results)
+        done, budget = done_iterations(d), run.budget()
+        sec, cores = seconds_per_iteration(d)
+        left = max(budget - done, 0)
+        core_hours = (left * sec * (cores or 1) / 3600) if sec is not None else (0.0 if left == 0 else None)
+        state = ("done" if done >= budget else "running" if running and run in running
+                 else f"held: {run.hold}" if run.hold else "queued")
+        if notes and run in notes:
+            state = notes[run]
+        rows.append({"run": run.name, "done": done, "budget": budget, "metric": latest_metric(d),
+                     "seconds_per_iteration": sec, "cores": cores, "core_hours_left": core_hours,
+                     "state": state})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["# The campaign: every run the paper needs, to its budget", "",
+             "Generated by `make campaign` (`python -m reproduce.campaign`); do not edit by hand. "
+             "Seconds per iteration: the median of the run's last logged intervals, on the cores it "
+             "used then (one where older runs did not record it); core-hours left = iterations left x "
+             "seconds per iteration x those cores (an estimate: the machine changes between sessions). Queue order and why: README, The campaign.",
+             "", "| # | run | iterations | latest | s / iteration | core-hours left | state |",
+             "|---|---|---|---|---|---|---|"]
+    total, unknown = 0.0, 0
+    for i, r in enumerate(rows, 1):
+        cores = f"{r['cores']} core{'s' * (r['cores'] > 1)}" if r["cores"] else "cores not recorded"
+        sec = f"{r['seconds_per_iteration']:.3g} ({cores})" if r["seconds_per_iteration"] is not None else "-"
+        if r["core_hours_left"] is None:
+            left, unknown = "not measured", unknown + 1
+        else:
+            left, total = f"{r['core_hours_left']:.1f}", total + r["core_hours_left"]
+        lines.append(f"| {i} | {r['run']} | {r['done']} / {r['budget']} | {r['metric']} | {sec} | "
+                     f"{left} | {r['state']} |")
+    tail = f" and {unknown} run(s) not measured yet" if unknown else ""
+    lines += ["", f"**Total: {total:.1f} core-hours left{tail}.**", ""]
+    return "\n".join(lines)
+
+
+def write_table(queue: list[Run], results: Path, running=None, notes=None) -> str:
+    text = table(status_rows(queue, results, running, notes))
+    path = results / "campaign.md"
+    if not path.exists() or path.read_text() != text:  # an unchanged campaign leaves git clean
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return text
+
+
+# ----------------------------------------------------------------------------- running it
+
+class Campaign:
+    """The scheduler: `cores` workers at a time, stopped `report_minutes` before `hours` are up."""
+
+    def __init__(self, queue: list[Run], results: Path, hours: float, cores: int, report_minutes: float,
+                 python: str = sys.executable, cwd: Path = ROOT, logs: Path | None = None,
+                 poll: float = 2.0, min_minutes: float = 5.0, log=print):
+        self.queue, self.results, self.cores = queue, results, cores
+        self.python, self.cwd, self.poll, self.log = python, cwd, poll, log
+        self.logs = logs or (cwd / "logs" / "campaign")
+        self.t0 = time.monotonic()
+        self.train_end = self.t0 + 3600 * hours - 60 * report_minutes
+        self.min_seconds = 60 * min_minutes
+        self.running: dict[Run, subprocess.Popen] = {}
+        self.notes: dict[Run, str] = {}
+        self.start_done = {r: done_iterations(r.run_dir(results)) for r in queue}
+        self.stopping = False
+
+    def _next(self) -> Run | None:
+        for run in self.queue:
+            if run.hold or run in self.running or run in self.notes:
+                continue
+            if done_iterations(run.run_dir(self.results)) < run.budget():
+                return run
+        return None
+
+    def _start(self, run: Run) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / (run.name.replace("/", "_").replace(" ", "_") + ".log")
+        with log_path.open("a") as out:
+            out.write(f"\n== campaign: {' '.join(run.command(self.python, self.results))}\n")
+            out.flush()
+            self.running[run] = subprocess.Popen(run.command(self.python, self.results), cwd=self.cwd,
+                                                 stdout=out, stderr=subprocess.STDOUT,
+                                                 start_new_session=True)
+        self.log(f"campaign: started {run.name} at {done_iterations(run.run_dir(self.results))} / "
+                 f"{run.budget()} (pid {self.running[run].pid}, log {log_path})")
+
+    def _reap(self) -> None:
+        for run, proc in list(self.running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self.running[run]
+            done = done_iterations(run.run_dir(self.results))
+            if rc not in (0, 130) and not (self.stopping and rc < 0):
+                tail = self._log_tail(run)  # not retried in this campaign; the table says why
+                busy = "is in use by process" in tail
+                self.notes[run] = f"{'skipped' if busy else f'failed (exit {rc})'}: {tail}"
+                self.log(f"campaign: {run.name} {'skipped' if busy else f'failed with exit code {rc}'}: {tail}")
+            else:
+                self.log(f"campaign: {run.name} stopped at {done} / {run.budget()}")
+            write_table(self.queue, self.results, self.running, self.notes)
+
+    def _log_tail(self, run: Run) -> str:
+        path = self.logs / (run.name.replace("/", "_").replace(" ", "_") + ".log")
+        lines = [l for l in path.read_text().replace("\r", "\n").splitlines() if l.strip()] if path.exists() else []
+        errors = [l for l in lines if l.startswith("error:")]
+        return (errors or lines or ["no output"])[-1].strip()[:300].replace("|", "/")
+
+    def stop(self, *_):
+        """Ask every worker to checkpoint and exit (SIGTERM); no new worker starts after this."""
+        if not self.stopping:
+            self.log("campaign: stopping the workers (each finishes its iteration and saves)")
+        self.stopping = True
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def train(self) -> None:
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            write_table(self.queue, self.results, self.running, self.notes)
+            while True:
+                self._reap()
+                if not self.stopping and time.monotonic() >= self.train_end:
+                    self.stop()
+                if not self.stopping:
+                    while len(self.running) < self.cores and self.train_end - time.monotonic() > self.min_seconds:
+                        run = self._next()
+                        if run is None:
+                            break
+                        self._start(run)
+                if not self.running and (self.stopping or self._next() is None
+                                         or self.train_end - time.monotonic() <= self.min_seconds):
+                    break
+                time.sleep(self.poll)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            for proc in self.running.values():  # an exception here: leave no worker behind
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+
+    def moved(self) -> list[Run]:
+        return [r for r in self.queue if done_iterations(r.run_dir(self.results)) != self.start_done[r]]
+
+    def report(self, threads: int) -> None:
+        """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one."""
+        moved = [r for r in self.moved() if r.report]
+        cells = [r.report[1] for r in moved if r.report[0] == "table1"]
+        commands = []
+        if cells:
+            commands.append([self.python, "-m", "reproduce.table1", "--eval-only", "--cells", ",".join(cells)])
+        for env in dict.fromkeys(r.report[1] for r in moved if r.report[0] == "rl"):
+            methods = [r.report[2] for r in moved if r.report[0] == "rl" and r.report[1] == env]
+            commands.append([self.python, "-m", "reproduce.rl", env, "--eval-only", "--methods", *methods])
+        for cmd in commands:
+            cmd += ["--threads", str(threads), "--quiet", "--results", str(self.results)]
+            self.log(f"campaign: {' '.join(cmd[1:])}")
+            rc = subprocess.run(cmd, cwd=self.cwd, stdout=subprocess.DEVNULL).returncode
+            if rc != 0:
+                self.log(f"campaign: the report exited with code {rc}")
+
+
+def snapshot(root: Path = ROOT) -> Path:
+    """A clean git worktree of HEAD in .campaign/ (reused when it exists), with data/ linked: what
+    the workers run, so that editing this checkout cannot change them."""
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "maml_tf",
+                            "reproduce", "data_prep"], cwd=root, capture_output=True, text=True).stdout.strip()
+    if dirty:
+        print("campaign: uncommitted changes to the code are not part of the run (it runs the last "
+              f"commit, {sha[:10]}):\n{dirty}", file=sys.stderr)
+    base = root / ".campaign"
+    tree = base / sha[:12]
+    if not (tree / ".git").exists():
+        base.mkdir(exist_ok=True)
+        for old in base.iterdir():  # earlier snapshots: no longer needed
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
+            shutil.rmtree(old, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=root, check=True,
+                       capture_output=True)
+    link = tree / "data"
+    if not link.exists():
+        (root / "data").mkdir(exist_ok=True)
+        link.symlink_to(root / "data")
+    return tree
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.campaign", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--hours", type=float, default=2.5, help="wall-clock hours, reports included (default 2.5)")
+    p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
+                   help="runs trained at once, one core each (default: every core)")
+    p.add_argument("--report-minutes", type=float, default=15.0,
+                   help="minutes kept at the end for evaluating what moved (default 15)")
+    p.add_argument("--status", action="store_true", help="print the table and exit")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and tables are")
+    p.add_argument("--here", action="store_true",
+                   help="run the workers from this checkout instead of a snapshot of the last commit")
+    args = p.parse_args(argv)
+    if args.hours <= 0 or args.cores < 1 or args.report_minutes < 0:
+        p.error("--hours must be > 0, --cores >= 1, --report-minutes >= 0")
+    results = args.results.resolve()
+    if args.status:
+        print(write_table(QUEUE, results))
+        return 0
+    cwd = ROOT if args.here else snapshot()
+    if not args.here:
+        print(f"campaign: workers run the last commit, from {cwd}", file=sys.stderr)
+    c = Campaign(QUEUE, results, args.hours, args.cores, args.report_minutes, cwd=cwd,
+                 logs=ROOT / "logs" / "campaign", log=lambda m: print(m, file=sys.stderr, flush=True))
+    c.train()
+    c.report(threads=args.cores)
+    print(write_table(QUEUE, results, notes=c.notes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The campaign runner: it trains the queue in order, stops cleanly at its deadline, skips a run
+that another process trains, and reports where every run stands."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maml_tf import runs
+from reproduce import campaign
+
+SINUSOID = {"experiment": "campaign_test", "task": {"kind": "sinusoid", "support": 5, "query": 5},
+            "model": {"kind": "mlp", "sizes": [1, 8, 1]},
+            "train": {"meta_batch": 4, "log_every": 20, "checkpoint_every": 100}}
+
+
+def _config(tmp_path: Path, method: str, iterations: int) -> str:
+    path = tmp_path / f"{method}.yaml"
+    raw = {**SINUSOID, "method": method, "train": {**SINUSOID["train"], "iterations": iterations}}
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    with runs.RunLock(tmp_path):
+        with pytest.raises(runs.TrainingError, match=r"in use by process \d+"):
+            with runs.RunLock(tmp_path):
+                pass
+    with runs.RunLock(tmp_path):  # released on exit: the run can be resumed
+        pass
+
+
+def test_campaign_trains_in_order_stops_at_its_deadline_and_skips_a_locked_run(tmp_path):
+    results, messages = tmp_path / "results", []
+    busy = campaign.Run(_config(tmp_path, "busy", 100))
+    short = campaign.Run(_config(tmp_path, "short", 200))
+    long = campaign.Run(_config(tmp_path, "long", 10_000_000))
+    held = campaign.Run(_config(tmp_path, "held", 100), hold="waits for something")
+    queue = [busy, held, short, long]
+    c = campaign.Campaign(queue, results, hours=75 / 3600, cores=1, report_minutes=0, python=sys.executable,
+                          logs=tmp_path / "logs", poll=0.5, min_minutes=0, log=messages.append)
+    with runs.RunLock(busy.run_dir(results)):  # another process trains it
+        c.train()
+    assert campaign.done_iterations(short.run_dir(results)) == 200  # finished, then the next one ran
+    done_long = campaign.done_iterations(long.run_dir(results))
+    assert 0 < done_long < 10_000_000, "the long run was not stopped with a checkpoint at the deadline"
+    assert campaign.done_iterations(held.run_dir(results)) == 0
+    # the latest checkpoint only (and no best: no meta-validation here)
+    assert len(list((long.run_dir(results) / "checkpoints").glob("*.index"))) == 1
+    assert "in use by process" in c.notes[busy]
+    rows = {r["run"]: r for r in campaign.status_rows(queue, results, notes=c.notes)}
+    assert rows[short.name]["state"] == "done" and rows[short.name]["core_hours_left"] == 0
+    assert rows[long.name]["seconds_per_iteration"] > 0 and rows[long.name]["core_hours_left"] > 0
+    assert rows[long.name]["cores"] == 1  # recorded by the worker in sessions.jsonl
+    assert rows[held.name]["state"].startswith("held")
+    text = (results / "campaign.md").read_text()
+    assert "Total:" in text and f"{done_long} / 10000000" in text
+    sessions = [json.loads(l) for l in (long.run_dir(results) / "sessions.jsonl").read_text().splitlines()]
+    assert sessions[-1]["cores"] == 1
+    # a re-written table of an unchanged campaign leaves the file as it was
+    before = (results / "campaign.md").stat().st_mtime_ns
+    campaign.write_table(queue, results, notes=c.notes)
+    assert (results / "campaign.md").stat().st_mtime_ns == before
+
+
+def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
+    names = [r.config for r in campaign.QUEUE]
+    for r in campaign.QUEUE:
+        assert r.path().exists(), r.config
+        assert r.budget() > 0
+    order = ["omniglot/mlp_5w1s", "omniglot/mlp_5w5s", "omniglot/conv_5w1s_first_order", "omniglot/conv_5w5s",
+             "miniimagenet/conv_5w1s", "miniimagenet/conv_5w1s_first_order", "miniimagenet/conv_5w5s",
+             "miniimagenet/conv_5w5s_first_order", "rl/cheetah_vel/maml", "rl/cheetah_dir/maml",
+             "omniglot/conv_20w1s", "rl/ant_vel/maml", "rl/ant_dir/maml", "omniglot/conv_20w5s"]
+    assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
+    # every seed run has its own directory
+    dirs = [r.run_dir(Path("results")) for r in campaign.QUEUE]
+    assert len(set(dirs)) == len(dirs)
