@@ -70,7 +70,8 @@ class Run:
         return results / raw["experiment"] / method
 
     def command(self, python: str, results: Path) -> list[str]:
-        cmd = [python, "-m", "reproduce.train", str(self.path()), "--threads", "1", "--quiet",
+        # a config name resolves in the worker's own checkout (the snapshot), a path as it is
+        cmd = [python, "-m", "reproduce.train", self.config, "--threads", "1", "--quiet",
                "--results", str(results), "--run-dir", str(self.run_dir(results))]
         if self.seed is not None:
             cmd += ["--set", f"seed={self.seed}"]
