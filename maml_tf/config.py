@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,39 @@ import yaml
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users write it: `1e-3` is a float (YAML 1.1 reads it as a string without a dot),
+    and a key given twice in one mapping is an error instead of silently taking the last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"the key {key!r} appears twice in one section (line "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    """Parse YAML text with the project's rules (see _Loader)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}") from None
 
 
 @dataclass
@@ -141,9 +175,54 @@ def from_dict(raw: dict) -> Config:
     check_call(nets.BUILDERS, "model", raw["model"])
     ev = _dataclass(Eval, "eval", raw.get("eval", {}) or {})
     check_call(tasks.BUILDERS, "eval.task", {**raw["task"], **ev.task})
-    return Config(experiment=raw["experiment"], task=raw["task"], model=raw["model"],
-                  train=_dataclass(Train, "train", raw.get("train", {}) or {}), eval=ev,
-                  method=raw.get("method", "maml"), seed=raw.get("seed", 0), notes=raw.get("notes", ""))
+    tr = _dataclass(Train, "train", raw.get("train", {}) or {})
+    _require_iterations(raw)
+    cfg = Config(experiment=raw["experiment"], task=raw["task"], model=raw["model"], train=tr, eval=ev,
+                 method=raw.get("method", "maml"), seed=raw.get("seed", 0), notes=raw.get("notes", ""))
+    _check_values(cfg)
+    return cfg
+
+
+def _require_iterations(raw: dict) -> None:
+    if not isinstance(raw.get("train"), dict) or "iterations" not in raw["train"]:
+        raise ConfigError("the config needs 'train.iterations' (the training budget; the paper's is "
+                          "in the experiment's config under reproduce/configs)")
+
+
+def _at_least(where: str, value, low, allowed_none: bool = False, strict: bool = False) -> None:
+    if value is None and allowed_none:
+        return
+    if value < low or (strict and value == low):
+        raise ConfigError(f"'{where}' must be {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def _check_values(cfg) -> None:
+    """Values that have the right type but cannot work, refused before anything is written."""
+    t, e = cfg.train, cfg.eval
+    for key in ("iterations", "val_every", "inner_steps"):
+        _at_least(f"train.{key}", getattr(t, key), 0)
+    for key in ("meta_batch", "checkpoint_every", "log_every"):
+        _at_least(f"train.{key}", getattr(t, key), 1)
+    _at_least("train.meta_lr", t.meta_lr, 0, strict=True)
+    _at_least("train.inner_lr", t.inner_lr, 0)
+    _at_least("train.grad_clip", t.grad_clip, 0, allowed_none=True, strict=True)
+    _at_least("eval.tasks", e.tasks, 1)
+    _at_least("eval.steps", e.steps, 0)
+    _at_least("eval.batch", e.batch, 1)
+    if e.report_step is not None and not 0 <= e.report_step <= e.steps:
+        raise ConfigError(f"'eval.report_step' must lie in 0..eval.steps ({e.steps}), got {e.report_step}")
+    if e.inner_lr is not None:
+        _at_least("eval.inner_lr", e.inner_lr, 0)
+    if t.val_every > 0 and t.val_tasks < 1:
+        raise ConfigError(f"'train.val_every' is {t.val_every} but 'train.val_tasks' is {t.val_tasks}: set "
+                          f"val_tasks (e.g. 300), or val_every: 0 for no meta-validation")
+    if t.distribute not in ("default", "mirrored", "multi_worker"):
+        raise ConfigError(f"'train.distribute' must be default, mirrored or multi_worker, got {t.distribute!r}")
+    way = cfg.task.get("way")
+    n_out = cfg.model.get("n_out") if "n_out" in cfg.model else (cfg.model.get("sizes") or [None])[-1]
+    if way is not None and n_out is not None and way != n_out:
+        raise ConfigError(f"the task is {way}-way but the model has {n_out} outputs: set the model's "
+                          f"{'n_out' if 'n_out' in cfg.model else 'last size'} to {way}")
 
 
 def load(path: str | Path, overrides: dict | None = None) -> Config:
@@ -151,7 +230,7 @@ def load(path: str | Path, overrides: dict | None = None) -> Config:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"no config file at {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = yaml_load(path.read_text()) or {}
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
@@ -166,7 +245,7 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ConfigError(f"an override looks like section.key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), yaml_load(value)
 
 
 # ----------------------------------------------------------------------------- RL configs
@@ -261,7 +340,19 @@ def rl_from_dict(raw: dict) -> RLConfig:
     ev = _dataclass(RLEval, "eval", raw.get("eval", {}) or {})
     if ev.checkpoint not in ("best", "latest"):
         raise ConfigError(f"'eval.checkpoint' must be best or latest, got {ev.checkpoint!r}")
-    return RLConfig(experiment=raw["experiment"], env=raw["env"], model=model,
-                    train=_dataclass(RLTrain, "train", raw.get("train", {}) or {}), eval=ev,
+    tr = _dataclass(RLTrain, "train", raw.get("train", {}) or {})
+    _require_iterations(raw)
+    cfg = RLConfig(experiment=raw["experiment"], env=raw["env"], model=model, train=tr, eval=ev,
                     method=method, seed=raw.get("seed", 0), env_kwargs=raw.get("env_kwargs", {}) or {},
                     notes=raw.get("notes", ""))
+    t = cfg.train
+    for key in ("iterations", "inner_steps", "cg_iters", "max_backtracks"):
+        _at_least(f"train.{key}", getattr(t, key), 0)
+    for key in ("meta_batch", "trajectories", "horizon", "checkpoint_every", "log_every"):
+        _at_least(f"train.{key}", getattr(t, key), 1)
+    for key in ("max_kl", "fd_base_eps"):
+        _at_least(f"train.{key}", getattr(t, key), 0, strict=True)
+    _at_least("train.inner_lr", t.inner_lr, 0)
+    _at_least("eval.tasks", ev.tasks, 1)
+    _at_least("eval.steps", ev.steps, 0)
+    return cfg

@@ -22,7 +22,9 @@ import yaml
 from maml_tf import nets, rl
 from maml_tf.config import RLConfig
 from maml_tf.records import write_json
-from maml_tf.runs import Log, RunLock, StopRequest, TrainingError, check_resume, record_session
+from maml_tf import runs
+from maml_tf.runs import (Log, StopRequest, TrainingError, check_resume, claim, record_session,
+                         rollback_metrics)
 
 _SAMPLERS: dict = {}
 
@@ -66,17 +68,13 @@ def train(cfg: RLConfig, run_dir: str | Path, quiet: bool = False,
     """Train (or resume) the run in `run_dir` up to cfg.train.iterations (0 for `random`: the
     initial policy is saved as it is), holding the run directory's lock. `stop_after` stops after
     that many iterations of this call."""
-    with RunLock(run_dir):
-        return _train(cfg, run_dir, quiet, stop_after)
+    with claim(run_dir):
+        return _train(cfg, Path(run_dir), quiet, stop_after)
 
 
-def _train(cfg: RLConfig, run_dir: str | Path, quiet: bool, stop_after: int | None) -> rl.PolicyLearner:
+def _train(cfg: RLConfig, run_dir: Path, quiet: bool, stop_after: int | None) -> rl.PolicyLearner:
     t = cfg.train
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_resume(run_dir, cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
+    changed = check_resume(run_dir, cfg)  # inner_lr and max_kl changes take effect: read from cfg
     learner = make_learner(cfg)
     manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=1)
     best_params = {k: tf.Variable(v) for k, v in learner.params.items()}
@@ -85,13 +83,14 @@ def _train(cfg: RLConfig, run_dir: str | Path, quiet: bool, stop_after: int | No
     if manager.latest_checkpoint:
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(learner.step.numpy())
+    rollback_metrics(run_dir, start)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     iterations = 0 if cfg.method == "random" else t.iterations
     if start == 0 and not manager.latest_checkpoint:
         manager.save(checkpoint_number=0)  # the initial policy (the `random` baseline is only that)
     stop = iterations if stop_after is None else min(iterations, start + stop_after)
     if start >= stop:
         return learner
-    record_session(run_dir, start, stop)
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None
@@ -127,7 +126,7 @@ def _train(cfg: RLConfig, run_dir: str | Path, quiet: bool, stop_after: int | No
                     f"train.inner_lr, then resume.")
             learner.env_steps.assign_add(s.env_steps - steps0)
             metric = info["post_return"]
-            if best is None or metric > best["value"]:
+            if runs.is_better(metric, best, higher_is_better=True):
                 # the returns were measured with the parameters before this iteration's update
                 for k, v in theta.items():
                     best_params[k].assign(v)
@@ -136,6 +135,8 @@ def _train(cfg: RLConfig, run_dir: str | Path, quiet: bool, stop_after: int | No
                 best = {"step": step, "value": metric, "metric": "post_return" if t.inner_steps else "return"}
                 write_json(best_path, best)
             step += 1
+            if step == start + 1:
+                record_session(run_dir, start, stop, changed)
             now = time.perf_counter()
             learner.wall_time.assign(wall0 + now - t0)
             if step % t.log_every == 0 or step == stop or stop_request.requested:

@@ -2,9 +2,12 @@
 the metrics log, and stopping on a signal with a checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -20,8 +23,11 @@ class TrainingError(RuntimeError):
     """A run cannot go on (diverged, or its directory holds a different run); the message says what to do."""
 
 
-# train.* keys that may change when a run is resumed (budget and bookkeeping, not the algorithm)
+# train.* keys that may change when a run is resumed: the budget and bookkeeping, and the step
+# sizes and clipping that recover a diverged run (the change takes effect from the resumed
+# iteration on and is recorded in sessions.jsonl)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
+RECOVERY_CHANGES = {"meta_lr", "inner_lr", "grad_clip", "max_kl"}
 
 
 # how many cores this process trains on (set by train.use_cpu_cores; recorded in sessions.jsonl)
@@ -61,19 +67,38 @@ class RunLock:
             self.fd = None
 
 
-def check_resume(run_dir: Path, cfg) -> None:
+@contextlib.contextmanager
+def claim(run_dir: str | Path):
+    """Hold the run directory's lock while training in it; a directory that this call created
+    and that holds no run yet (training failed before writing its config) is removed again."""
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        with RunLock(run_dir):
+            yield
+    except BaseException:
+        if created and not (run_dir / "config.yaml").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def check_resume(run_dir: Path, cfg) -> dict:
     """Refuse to resume the run in `run_dir` with a config that changes anything but the budget
-    and bookkeeping keys (and the evaluation, which does not touch training)."""
+    and bookkeeping keys, the recovery keys (step sizes, clipping) and the evaluation, which does
+    not touch training. Returns the recovery keys that change: {"train.meta_lr": [old, new]}."""
     path = run_dir / "config.yaml"
     if not path.exists():
-        return
+        return {}
     old = yaml.safe_load(path.read_text())
     new = cfg.to_dict()
+    changed = {f"train.{k}": [old["train"].get(k), new["train"].get(k)] for k in RECOVERY_CHANGES
+               if isinstance(old.get("train"), dict) and k in new["train"]
+               and old["train"].get(k) != new["train"].get(k)}
     for section in set(old) | set(new):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for k in set(a) | set(b):
-                if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES) \
+                if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES | RECOVERY_CHANGES) \
                         and section != "eval":
                     raise TrainingError(
                         f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
@@ -82,14 +107,19 @@ def check_resume(run_dir: Path, cfg) -> None:
         elif a != b and section not in ("notes", "eval"):
             raise TrainingError(f"{run_dir} holds a run with {section}={a!r}, this config has {b!r}; "
                                 f"use a new --run-dir or delete {run_dir}.")
+    return changed
 
 
-def record_session(run_dir: Path, start: int, stop: int) -> None:
+def record_session(run_dir: Path, start: int, stop: int, changed: dict | None = None) -> None:
     """Append to run_dir/sessions.jsonl which code commit trains from iteration `start` toward
     `stop` (the session's budget; the next session's `from_iteration` says where it really
-    stopped), where and when: a run resumed across sessions names every commit that trained it."""
+    stopped), where and when, and the recovery keys changed on resuming: a run resumed across
+    sessions names every commit that trained it. Called once the session's first iteration is
+    done, so a run that failed before training leaves no entry."""
     entry = {"commit": records.commit(), "from_iteration": start, "to_iteration": stop,
              "started": records.now(), "host": records.machine()["host"]}
+    if changed:
+        entry["changed"] = changed
     if CORES is not None:
         entry["cores"] = CORES
     with (run_dir / "sessions.jsonl").open("a") as f:
@@ -103,6 +133,35 @@ def training_commits(run_dir: Path) -> list[str]:
         return []
     seen = [json.loads(line)["commit"] for line in path.read_text().splitlines() if line.strip()]
     return list(dict.fromkeys(seen))
+
+
+def rollback_metrics(run_dir: Path, step: int) -> None:
+    """Drop the metrics.jsonl rows written after the checkpoint at `step` (by a process killed
+    before its next checkpoint): the resumed run writes them again, so the log reads as an
+    uninterrupted run's."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line cut by the kill
+    if len(keep) != len(lines):
+        records.write_text(path, "".join(l + "\n" for l in keep))
+
+
+def is_better(value: float, best: dict | None, higher_is_better: bool) -> bool:
+    """Whether a finite `value` beats the recorded best (a best that is not finite, from a run
+    that diverged before this rule, is always beaten; a value that is not finite never wins)."""
+    if not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best["value"]):
+        return True
+    return value > best["value"] if higher_is_better else value < best["value"]
 
 
 class Log:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import typing
+import zipfile
 
 import numpy as np
 
@@ -107,7 +108,13 @@ _cache: dict = {}
 
 def _load_once(key, loader):
     if key not in _cache:
-        _cache[key] = loader()
+        try:
+            _cache[key] = loader()
+        except MissingData:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise MissingData(f"dataset file {key[1]} cannot be read ({type(e).__name__}: {e}): it is "
+                              f"truncated or corrupt. Delete it and prepare it again (make data-{key[0]})") from None
     return _cache[key]
 
 

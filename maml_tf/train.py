@@ -26,7 +26,7 @@ from maml_tf import evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.records import write_json
 from maml_tf import runs
-from maml_tf.runs import Log, RunLock, StopRequest, TrainingError, check_resume, record_session
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session, rollback_metrics
 
 def use_cpu_cores(cores: int, replicas: bool = True) -> None:
     """Set up TensorFlow's CPU threads; call before TensorFlow initialises its devices.
@@ -219,37 +219,35 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
     directory's lock (a second process on it is refused).
 
     `stop_after` stops early after that many iterations of this call (used to test resuming)."""
-    with RunLock(run_dir):
-        return _train(cfg, run_dir, quiet, stop_after)
+    with runs.claim(run_dir):
+        return _train(cfg, Path(run_dir), quiet, stop_after)
 
 
-def _train(cfg: Config, run_dir: str | Path, quiet: bool, stop_after: int | None) -> MetaLearner:
+def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> MetaLearner:
     t = cfg.train
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_resume(run_dir, cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
+    changed = check_resume(run_dir, cfg)
     strategy = make_strategy(t.distribute, t.meta_batch)
     if t.meta_batch % strategy.num_replicas_in_sync:
         raise TrainingError(f"train.meta_batch={t.meta_batch} must be divisible by the "
                             f"{strategy.num_replicas_in_sync} replicas")
+    source = tasks.build(cfg.task, split="train")  # a missing dataset stops here, nothing written
     learner = MetaLearner(cfg, strategy)
     # the latest checkpoint and the best only: older ones are deleted as new ones are written
     manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=1)
     best_manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "best", max_to_keep=1)
     if manager.latest_checkpoint:
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        learner.optimizer.learning_rate.assign(t.meta_lr)  # a changed meta_lr takes effect
     start = int(learner.step.numpy())
+    rollback_metrics(run_dir, start)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
     if start >= stop:
         return learner
-    record_session(run_dir, start, stop)
 
     best_path = run_dir / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else None
     log = Log(run_dir, quiet)
-    source = tasks.build(cfg.task, split="train")
     data = batches(source, cfg.seed, start, stop, t.meta_batch)
 
     def save(step: int) -> None:
@@ -268,6 +266,8 @@ def _train(cfg: Config, run_dir: str | Path, quiet: bool, stop_after: int | None
         for batch in data:
             loss = learner.train_step(split_across_replicas(strategy, batch))
             step += 1
+            if step == start + 1:
+                record_session(run_dir, start, stop, changed)
             loss_sum = loss_sum + loss
             if step % t.log_every == 0 or step == stop or stop_request.requested:
                 mean_loss = float(loss_sum) / (step - last_step)
@@ -287,9 +287,8 @@ def _train(cfg: Config, run_dir: str | Path, quiet: bool, stop_after: int | None
             if t.val_every and (step % t.val_every == 0 or step == t.iterations):
                 value = validate(learner, cfg)
                 log.write(step, {f"val_{learner.metric_name}": value})
-                better = best is None or (value > best["value"] if learner.higher_is_better
-                                          else value < best["value"])
-                if better:
+                finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.variables)
+                if finite and runs.is_better(value, best, learner.higher_is_better):
                     best = {"step": step, "value": value, "metric": learner.metric_name}
                     best_manager.save(checkpoint_number=step)
                     write_json(best_path, best)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -82,3 +83,41 @@ def parse(p: argparse.ArgumentParser, argv=None, replicas: bool | None = True) -
 def use_cores(threads: int, replicas: bool) -> None:
     from maml_tf import train
     train.use_cpu_cores(cores(threads), replicas)
+
+
+def guard(body) -> int:
+    """Run an entry point's `body()`: bad input, a missing or corrupt dataset, an unwritable or
+    full disk and a stop by signal end in one `error:` (or `stopped:`) line and an exit code
+    (2, or 130 for a signal) instead of a traceback. What was written before stays."""
+    import tensorflow as tf
+    from maml_tf import tasks
+    from maml_tf.runs import TrainingError
+    try:
+        return body() or 0
+    except KeyboardInterrupt as e:
+        if "second" in str(e):
+            msg = "stopped at once by a second signal: the iterations since the last checkpoint are lost"
+        elif str(e).startswith("signal"):
+            msg = "stopped: a checkpoint was saved; the same command resumes the run"
+        else:
+            msg = "interrupted: the last checkpoint is kept; the same command resumes the run"
+        print(msg, file=sys.stderr)
+        return 130
+    except (config_lib.ConfigError, TrainingError, tasks.MissingData) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write or read{where}: {e.strerror or e}. Make room on the disk or make the "
+              f"folder writable (or use --results / --run-dir elsewhere), then run the same command again; "
+              f"what was written before is kept.", file=sys.stderr)
+    except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.DataLossError) as e:
+        print(f"error: TensorFlow could not write or read a file ({type(e).__name__}: {e.message}). Make "
+              f"room on the disk or make the folder writable, then run the same command again; the last "
+              f"complete checkpoint is kept.", file=sys.stderr)
+    except tf.errors.OpError as e:
+        if not any(s in e.message for s in ("No space left", "Read-only", "Permission denied")):
+            raise
+        print(f"error: TensorFlow could not write a file ({e.message}). Make room on the disk or make the "
+              f"folder writable, then run the same command again; the last complete checkpoint is kept.",
+              file=sys.stderr)
+    return 2

@@ -259,6 +259,10 @@ def write_reports(out: Path, path: Path, summary: dict) -> None:
 
 
 def main(argv=None) -> int:
+    return common.guard(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("env", choices=ENVS)
     p.add_argument("--methods", nargs="+", default=None,

@@ -203,6 +203,10 @@ def findings(metrics, runs) -> list[str]:
 
 
 def main(argv=None) -> int:
+    return common.guard(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the configs')")
     args = common.parse(p, argv)

@@ -172,6 +172,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    return common.guard(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--cells", default=None, help="comma-separated cell names (default: all); e.g. "
                    + ", ".join(c.name for c in CELLS[:3]))

@@ -56,8 +56,8 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_resume_with_a_different_experiment_is_refused(tmp_path):
     train.train(_cfg(iterations=10), tmp_path, quiet=True)
-    with pytest.raises(train.TrainingError, match="train.inner_lr"):
-        train.train(_cfg(iterations=20, inner_lr=0.5), tmp_path, quiet=True)
+    with pytest.raises(train.TrainingError, match="train.inner_steps"):
+        train.train(_cfg(iterations=20, inner_steps=2), tmp_path, quiet=True)
     # a larger budget is a resume, not a different experiment
     assert int(train.train(_cfg(iterations=20), tmp_path, quiet=True).step.numpy()) == 20
 
