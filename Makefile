@@ -6,7 +6,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: setup test bench campaign campaign-status sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: setup test bench campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
 
 ## setup: a virtual environment in .venv with the pinned requirements
 setup: .venv/.installed
@@ -33,14 +33,22 @@ sinusoid: setup
 data: data-omniglot data-miniimagenet
 data-omniglot: setup
 	$(PY) -m data_prep.omniglot $(if $(OMNIGLOT_SOURCE),--source $(OMNIGLOT_SOURCE)) --out data/omniglot
+## data-miniimagenet: from ../shared/data/miniimagenet/images.tar.xz (sha256 checked) when it is there;
+## MINIIMAGENET_IMAGES=folder or archive (.tar, .tar.xz, .tar.gz, .zip) of your own images instead
 data-miniimagenet: setup
-	$(PY) -m data_prep.miniimagenet $(if $(MINIIMAGENET_IMAGES),--images $(MINIIMAGENET_IMAGES)) --out data/miniimagenet
+	$(PY) -m data_prep.miniimagenet $(if $(MINIIMAGENET_IMAGES),--images $(MINIIMAGENET_IMAGES)) $(if $(MINIIMAGENET_SPLITS),--splits $(MINIIMAGENET_SPLITS)) --out data/miniimagenet
+
+# the MiniImagenet data when images are available (the offline copy or MINIIMAGENET_IMAGES), else a note
+data-miniimagenet-if-available: setup
+	@if [ -n "$(MINIIMAGENET_IMAGES)" ] || [ -f ../shared/data/miniimagenet/images.tar.xz ]; then \
+		$(MAKE) --no-print-directory data-miniimagenet; \
+	else echo "note: no MiniImagenet images (../shared/data/miniimagenet/images.tar.xz or MINIIMAGENET_IMAGES=...): its cells are reported as not run"; fi
 
 ## table1: train (or resume) every cell of Table 1 to ITERATIONS (default the paper's 60,000),
 ## evaluate the meta-validation checkpoint on 600 test tasks -> results/table1.{md,json}.
 ## TABLE1_ARGS="--eval-only" evaluates what is trained; "--cells omniglot_5w1s_conv" picks cells.
 TABLE1_ARGS ?=
-table1: setup data-omniglot
+table1: setup data-omniglot data-miniimagenet-if-available
 	$(PY) -m reproduce.table1 $(iters) $(TABLE1_ARGS)
 
 ## rl: train (or resume) MAML-TRPO and the baselines on every RL task; regenerate results/rl/
@@ -60,7 +68,7 @@ rl-ant-dir: setup
 ## one run per core, stop them cleanly, evaluate what moved -> results/campaign.md and the tables
 HOURS ?= 2.5
 CORES ?= $(shell nproc)
-campaign: setup data-omniglot
+campaign: setup data-omniglot data-miniimagenet-if-available
 	$(PY) -m reproduce.campaign --hours $(HOURS) --cores $(CORES)
 campaign-status: setup
 	$(PY) -m reproduce.campaign --status

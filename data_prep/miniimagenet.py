@@ -1,14 +1,26 @@
 """MiniImagenet (Ravi & Larochelle split) -> `<out>/{train,val,test}.npz`, 84x84 RGB uint8.
 
 Usage:
-    python -m data_prep.miniimagenet --images DIR [--splits /work/shared/data/miniimagenet]
+    python -m data_prep.miniimagenet [--images DIR_OR_ARCHIVE] [--splits DIR]
                                      [--out data/miniimagenet] [--force] [--jpeg-quality Q]
 
 Inputs: the split files `train.csv`, `val.csv`, `test.csv` (rows `filename,label`, e.g.
-`n0153282900000005.jpg,n01532829`; sha256 checked against KNOWN_CSV_SHA256) and a folder of the
-ImageNet images they name. The folder may be flat (DIR/<file>) or per class (DIR/<wnid>/<file>);
-files up to two levels down are found by name (so the official layout DIR/<split>/<wnid>/<file>
-works too). Per-class image count is read from the csv (600 for the real split).
+`n0153282900000005.jpg,n01532829`; sha256 checked against KNOWN_CSV_SHA256; default folder
+`../shared/data/miniimagenet` next to the repository) and the ImageNet images they name, from:
+
+* by default (no --images), the offline copy `../shared/data/miniimagenet/images.tar.xz` next to
+  the repository (ARCHIVE_DEFAULT: `images/<file>` for all 60,000 files, 84x84 JPEG; provenance in
+  SOURCE.md beside it), checked against ARCHIVE_SHA256 before it is read;
+* or --images DIR: a folder, flat (DIR/<file>) or per class (DIR/<wnid>/<file>); files up to two
+  levels down are found by name (so the official layout DIR/<split>/<wnid>/<file> works too);
+* or --images ARCHIVE: a .tar, .tar.xz, .tar.gz, .tar.bz2 or .zip holding the files (at top level,
+  under `images/`, or in any folders: members are found by file name). Archives are read as a
+  stream, member by member, in memory; nothing is extracted to disk.
+
+Per-class image count is read from the csv (600 for the real split). Every input problem (a
+missing, truncated, corrupt or wrong archive, a missing or undecodable image) stops the run with
+one DataError message before any output is moved into place: the splits are written to temp files
+and renamed together only when all of them are complete.
 
 Each output holds `images` uint8 [n_classes, n_per_class, 84, 84, 3], `classes` (wnids, in
 order of first appearance in the csv), `filenames` [n_classes, n_per_class] and the metadata
@@ -27,10 +39,16 @@ is LANCZOS here: ImageNet JPEGs open in mode RGB (or L/CMYK), never "1"/"P".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
+import lzma
 import os
 import sys
+import tarfile
+import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -43,6 +61,9 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 SIZE = 84
 SPLITS_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "miniimagenet"
+ARCHIVE_DEFAULT = SPLITS_DEFAULT / "images.tar.xz"
+# sha256 of the offline copy of the 60,000 images (shared/data/miniimagenet/SOURCE.md).
+ARCHIVE_SHA256 = "781bcfd3b411f3fc3da8a7459ba93d2b7f789b19987f1431f44675de4df3739d"
 
 # sha256 of the Ravi & Larochelle split files (twitter/meta-learning-lstm, data/miniImagenet/).
 KNOWN_CSV_SHA256 = {
@@ -58,8 +79,7 @@ def read_split_csv(path: Path) -> tuple[list[str], dict[str, list[str]]]:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
     except OSError as e:
-        raise DataError(f"Cannot read split file {path} ({e}); pass --splits DIR holding "
-                        f"train.csv, val.csv and test.csv.") from e
+        raise DataError(f"Cannot read split file {path} ({e}); " + _SPLITS_HINT) from e
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
         raise DataError(f"{path}: expected a header 'filename,label'.")
     files: dict[str, list[str]] = {}
@@ -85,20 +105,75 @@ def _index_images(images_dir: Path) -> dict[str, Path]:
     return index
 
 
-def _how_to_provide(splits_dir: Path, need: Mapping[str, tuple[list, dict]]) -> str:
+_SPLITS_HINT = ("MiniImagenet needs the Ravi & Larochelle split files train.csv, val.csv and test.csv "
+                "(twitter/meta-learning-lstm, data/miniImagenet/): put them in "
+                f"{SPLITS_DEFAULT} or pass --splits DIR (make data-miniimagenet MINIIMAGENET_SPLITS=DIR).")
+
+
+def _how_to_provide(splits_dir: Path, need: Mapping[str, tuple[list, dict]], default: bool = True) -> str:
     sizes = ", ".join(f"{s}: {len(c)} classes x {len(f[c[0]])}" for s, (c, f) in need.items())
     return (f"Provide the ImageNet images named in the csv files of {splits_dir} ({sizes}; names "
             f"like n0153282900000005.jpg = <wnid><8-digit index>.jpg), either all in one folder or "
-            f"in <folder>/<wnid>/, and pass that folder as --images DIR "
-            f"(make data-miniimagenet MINIIMAGENET_IMAGES=DIR).")
+            f"in <folder>/<wnid>/, or in a .tar/.tar.xz/.tar.gz/.zip archive, and pass it as --images "
+            f"DIR_OR_ARCHIVE (make data-miniimagenet MINIIMAGENET_IMAGES=DIR_OR_ARCHIVE)"
+            + (f"; by default the offline copy {ARCHIVE_DEFAULT} is used when it is there." if default else "."))
 
 
-def _load_image(path: Path, jpeg_quality: int | None) -> np.ndarray:
+def _is_default_archive(path: Path) -> bool:
     try:
-        with Image.open(path) as im:
+        return ARCHIVE_DEFAULT.is_file() and path.samefile(ARCHIVE_DEFAULT)
+    except OSError:
+        return False
+
+
+def _archive_hint(path: Path) -> str:
+    if _is_default_archive(path):
+        return (f"Replace it with a good copy of the offline archive (sha256 {ARCHIVE_SHA256}, see "
+                f"{path.parent / 'SOURCE.md'}), or pass images of your own with --images DIR_OR_ARCHIVE "
+                f"(make data-miniimagenet MINIIMAGENET_IMAGES=DIR_OR_ARCHIVE).")
+    return ("Replace it with a complete archive (.tar, .tar.xz, .tar.gz, .zip) of the images, or pass "
+            "the folder of images instead (make data-miniimagenet MINIIMAGENET_IMAGES=DIR_OR_ARCHIVE).")
+
+
+def _verify_archive(path: Path, expected: str) -> None:
+    got = sha256(path)
+    if got != expected.lower():
+        raise DataError(f"Checksum mismatch for {path} ({path.stat().st_size} bytes): expected sha256 "
+                        f"{expected}, got {got}; the archive is truncated, corrupt or not the expected "
+                        f"one. " + _archive_hint(path))
+
+
+def _read_archive(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """{file name: bytes} of the archive members named in `wanted` (found by their base name at any
+    depth; the first one of a name wins), read in one pass, in memory (nothing is extracted)."""
+    found: dict[str, bytes] = {}
+    try:
+        if path.name.lower().endswith(".zip") or zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    name = info.filename.rsplit("/", 1)[-1]
+                    if not info.is_dir() and name in wanted and name not in found:
+                        found[name] = z.read(info)
+        else:
+            with tarfile.open(path, mode="r|*") as tar:  # a stream: members in archive order
+                for member in tar:
+                    name = member.name.rsplit("/", 1)[-1]
+                    if member.isfile() and name in wanted and name not in found:
+                        found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, lzma.LZMAError, zlib.error,
+            EOFError, OSError, ValueError) as e:
+        raise DataError(f"Cannot read archive {path} ({type(e).__name__}: {e}): it is truncated, corrupt "
+                        f"or not a tar or zip archive. " + _archive_hint(path)) from e
+    return found
+
+
+def _load_image(source: Path | bytes, jpeg_quality: int | None, where: str | None = None) -> np.ndarray:
+    """One image (a file, or the bytes of an archive member) -> uint8 [84, 84, 3]."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             im = im.convert("RGB").resize((SIZE, SIZE), resample=Image.LANCZOS)
     except Exception as e:  # PIL raises many types for corrupt data
-        raise DataError(f"Cannot decode image {path} ({e}); replace it with a good copy.") from e
+        raise DataError(f"Cannot decode image {where or source} ({e}); replace it with a good copy.") from e
     if jpeg_quality is not None:  # mimic the official re-save as JPEG
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=jpeg_quality)
@@ -118,13 +193,26 @@ def _existing_ok(path: Path, csv_sha: str, n_classes: int, n_per_class: int, jpe
         return False
 
 
-def prepare(images: str | Path | None, splits: str | Path | None = None, out: str | Path = "data/miniimagenet",
-            checksums: Mapping[str, str] | None = KNOWN_CSV_SHA256, force: bool = False,
-            jpeg_quality: int | None = None, log: Callable[[str], None] = print) -> dict[str, Path]:
+def _new_dirs(path: Path) -> list[Path]:
+    """The folders that creating `path` as a folder would create, deepest first."""
+    new, p = [], path.absolute()
+    while not p.exists() and p != p.parent:
+        new.append(p)
+        p = p.parent
+    return new
+
+
+def prepare(images: str | Path | None = None, splits: str | Path | None = None,
+            out: str | Path = "data/miniimagenet", checksums: Mapping[str, str] | None = KNOWN_CSV_SHA256,
+            force: bool = False, jpeg_quality: int | None = None, log: Callable[[str], None] = print,
+            archive_sha256: str | None = None) -> dict[str, Path]:
     """Write `<out>/<split>.npz` for each split; skip splits already up to date.
 
-    `checksums`: {split: sha256 of its csv}; None skips the check (custom or test splits).
-    All missing images are reported (DataError) before anything is written.
+    `images`: a folder or an archive of the images; None: the offline copy ARCHIVE_DEFAULT, checked
+    against ARCHIVE_SHA256. `archive_sha256`: the sha256 an archive given as `images` must have
+    (None: not checked, unless it is the offline copy). `checksums`: {split: sha256 of its csv};
+    None skips the check (custom or test splits). Every input problem raises DataError before any
+    output is moved into place; on failure no temp file and no newly created folder is left.
     """
     splits_dir = Path(splits) if splits is not None else SPLITS_DEFAULT
     out = Path(out)
@@ -132,7 +220,7 @@ def prepare(images: str | Path | None, splits: str | Path | None = None, out: st
     for s in SPLITS:
         path = splits_dir / f"{s}.csv"
         if not path.is_file():
-            raise DataError(f"Split file {path} not found; pass --splits DIR holding train.csv, val.csv, test.csv.")
+            raise DataError(f"Split file {path} not found. " + _SPLITS_HINT)
         csv_sha[s] = sha256(path)
         if checksums is not None and csv_sha[s] != checksums[s]:
             raise DataError(f"Checksum mismatch for {path}: expected sha256 {checksums[s]}, got {csv_sha[s]}. "
@@ -147,29 +235,63 @@ def prepare(images: str | Path | None, splits: str | Path | None = None, out: st
         return {s: out / f"{s}.npz" for s in SPLITS}
 
     need = {s: parsed[s] for s in todo}
-    if images is None or not Path(images).is_dir():
-        what = "No image folder given (--images)" if images is None else f"Image folder {images} not found"
-        raise DataError(f"{what}. " + _how_to_provide(splits_dir, need))
-    index = _index_images(Path(images))
+    if images is None:
+        if not ARCHIVE_DEFAULT.is_file():
+            raise DataError(f"No images given (--images) and the offline copy {ARCHIVE_DEFAULT} is not "
+                            f"there. " + _how_to_provide(splits_dir, need, default=False))
+        images = ARCHIVE_DEFAULT
+    images = Path(images)
+    wanted = {f for s in todo for fs in parsed[s][1].values() for f in fs}
+    if images.is_dir():
+        index: Mapping[str, Path | bytes] = _index_images(images)
+    elif images.is_file():
+        expected = archive_sha256 or (ARCHIVE_SHA256 if _is_default_archive(images) else None)
+        if expected is not None:
+            _verify_archive(images, expected)
+            log(f"{images}: sha256 verified")
+        t0 = time.perf_counter()
+        log(f"reading {images} (in memory, nothing extracted)")
+        index = _read_archive(images, wanted)
+        log(f"read {len(index)} of the {len(wanted)} images needed in {time.perf_counter() - t0:.0f} s")
+    else:
+        raise DataError(f"Images {images} not found (neither a folder nor an archive). "
+                        + _how_to_provide(splits_dir, need))
+    in_archive = not images.is_dir()
     missing = [f"{c}/{f}" for s in todo for c, fs in parsed[s][1].items() for f in fs if f not in index]
     if missing:
         total = sum(len(fs) for s in todo for fs in parsed[s][1].values())
-        raise DataError(f"{len(missing)} of {total} images missing from {images} (e.g. "
+        incomplete = " (the archive is incomplete, truncated or not of these images)" if in_archive else ""
+        raise DataError(f"{len(missing)} of {total} images missing from {images}{incomplete} (e.g. "
                         f"{', '.join(missing[:3])}). " + _how_to_provide(splits_dir, need))
 
+    new_dirs = _new_dirs(out)
+    try:
+        # Each split goes to a temp file next to its output; all of them are moved into place
+        # together when the stack closes without error, and all deleted otherwise.
+        with contextlib.ExitStack() as pending:
+            for s in todo:
+                classes, files = parsed[s]
+                n = len(files[classes[0]])
+                arr = np.empty((len(classes), n, SIZE, SIZE, 3), np.uint8)
+                for i, c in enumerate(classes):
+                    for j, f in enumerate(files[c]):
+                        arr[i, j] = _load_image(index[f], jpeg_quality, f"{f} in {images}" if in_archive else None)
+                    log(f"{s}: class {i + 1}/{len(classes)} {c}")
+                fh = pending.enter_context(atomic_write(out / f"{s}.npz"))
+                np.savez(fh, images=arr, classes=np.array(classes), filenames=np.array([files[c] for c in classes]),
+                         format_version=np.int64(FORMAT_VERSION), csv_sha256=np.array(csv_sha[s]),
+                         jpeg_quality=np.int64(-1 if jpeg_quality is None else jpeg_quality))
+                log(f"{s}: images {arr.shape} uint8 ready")
+                del arr
+    except BaseException:
+        for d in new_dirs:  # remove the folders this run created, if empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     for s in todo:
-        classes, files = parsed[s]
-        n = len(files[classes[0]])
-        arr = np.empty((len(classes), n, SIZE, SIZE, 3), np.uint8)
-        for i, c in enumerate(classes):
-            for j, f in enumerate(files[c]):
-                arr[i, j] = _load_image(index[f], jpeg_quality)
-            log(f"{s}: class {i + 1}/{len(classes)} {c}")
-        with atomic_write(out / f"{s}.npz") as fh:
-            np.savez(fh, images=arr, classes=np.array(classes), filenames=np.array([files[c] for c in classes]),
-                     format_version=np.int64(FORMAT_VERSION), csv_sha256=np.array(csv_sha[s]),
-                     jpeg_quality=np.int64(-1 if jpeg_quality is None else jpeg_quality))
-        log(f"wrote {out / f'{s}.npz'}: images {arr.shape} uint8")
+        log(f"wrote {out / f'{s}.npz'}")
     return {s: out / f"{s}.npz" for s in SPLITS}
 
 
@@ -186,7 +308,9 @@ def load_split(path: str | Path, raw: bool = False):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.miniimagenet", description=__doc__.split("\n")[0])
-    p.add_argument("--images", default=None, help="folder of the raw ImageNet images (flat or <wnid>/ subfolders)")
+    p.add_argument("--images", default=None,
+                   help="folder of the ImageNet images (flat or <wnid>/ subfolders), or an archive of them "
+                        f"(.tar, .tar.xz, .tar.gz, .zip); default: the offline copy {ARCHIVE_DEFAULT}")
     p.add_argument("--splits", default=None, help=f"folder of train/val/test.csv (default: {SPLITS_DEFAULT})")
     p.add_argument("--out", default="data/miniimagenet", help="output folder (default: data/miniimagenet)")
     p.add_argument("--force", action="store_true", help="rebuild even if outputs are up to date")

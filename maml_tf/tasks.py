@@ -137,7 +137,7 @@ class MiniImagenet(FewShot):
     def __init__(self, way: int, shot: int, query: int, path: str = "data/miniimagenet",
                  split: str = "train"):
         from data_prep.miniimagenet import load_split
-        file = _resolve(f"{path}/{split}.npz", "make data-miniimagenet MINIIMAGENET_IMAGES=/path/to/images")
+        file = _resolve(f"{path}/{split}.npz", "make data-miniimagenet")
         images = _load_once(("miniimagenet", str(file)), lambda: load_split(file, raw=True)[0])
         super().__init__(images, way, shot, query, rotate=False, scale=1.0 / 255.0)
 

@@ -242,3 +242,220 @@ def test_miniimagenet_real_split_files():
         assert miniimagenet.sha256(d / f"{split}.csv") == miniimagenet.KNOWN_CSV_SHA256[split]
         classes, files = miniimagenet.read_split_csv(d / f"{split}.csv")
         assert len(classes) == n_classes and all(len(files[c]) == 600 for c in classes)
+
+
+# ---------------------------------------------------- MiniImagenet from an archive (issue 20)
+
+def _mini_archive(images_dir, path, top="images/", drop=(), replace=None):
+    """An archive of every image of `images_dir` (flat or in <wnid>/) as `<top><file>`, like the
+    offline copy (tar, sorted by name); .zip, .tar, .tar.gz or .tar.xz by the suffix of `path`.
+    `drop`: file names left out; `replace`: {file name: bytes} stored instead of the file."""
+    import tarfile
+
+    files = sorted((f for f in images_dir.rglob("*.jpg") if f.name not in drop), key=lambda f: f.name)
+    data = {f.name: (replace or {}).get(f.name, None) or f.read_bytes() for f in files}
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as z:
+            for name, b in data.items():
+                z.writestr(top + name, b)
+        return path
+    mode = {".xz": "w:xz", ".gz": "w:gz", ".tar": "w"}[path.suffix]
+    with tarfile.open(path, mode) as tar:
+        if top:
+            info = tarfile.TarInfo(top.rstrip("/"))
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, b in data.items():
+            info = tarfile.TarInfo(top + name)
+            info.size = len(b)
+            tar.addfile(info, io.BytesIO(b))
+    return path
+
+
+def _npz_contents(out):
+    result = {}
+    for split in miniimagenet.SPLITS:
+        with np.load(out / f"{split}.npz") as z:
+            result[split] = {k: z[k] for k in z.files}
+    return result
+
+
+def _assert_same_npz(a, b):
+    assert a.keys() == b.keys()
+    for split in a:
+        assert a[split].keys() == b[split].keys()
+        for k in a[split]:
+            np.testing.assert_array_equal(a[split][k], b[split][k], err_msg=f"{split}:{k}")
+
+
+def _quiet(msg):
+    pass
+
+
+@pytest.fixture
+def mini_from_folder(mini_raw, tmp_path):
+    """(images, splits, contents of the npz files made from the folder)."""
+    images, splits = mini_raw
+    out = tmp_path / "from_folder"
+    miniimagenet.prepare(images, splits, out, checksums=None, log=_quiet)
+    return images, splits, _npz_contents(out)
+
+
+@pytest.mark.parametrize("name,top", [("images.tar.xz", "images/"), ("mine.tar.gz", ""),
+                                      ("mine.tar", "images/"), ("mine.zip", "")])
+def test_miniimagenet_archive_same_output_as_folder(mini_from_folder, tmp_path, name, top):
+    images, splits, expected = mini_from_folder
+    archive = _mini_archive(images, tmp_path / name, top=top)
+    out = tmp_path / "new" / "out"
+    miniimagenet.prepare(archive, splits, out, checksums=None, log=_quiet,
+                         archive_sha256=_sha256(archive.read_bytes()))
+    _assert_same_npz(_npz_contents(out), expected)
+    assert sorted(p.name for p in out.iterdir()) == ["test.npz", "train.npz", "val.npz"]  # no temp files
+    mtimes = [p.stat().st_mtime_ns for p in sorted(out.iterdir())]
+    archive.unlink()  # up to date: the archive is not needed
+    miniimagenet.prepare(archive, splits, out, checksums=None, log=_quiet)
+    assert [p.stat().st_mtime_ns for p in sorted(out.iterdir())] == mtimes
+
+
+@pytest.fixture
+def offline_copy(mini_from_folder, tmp_path, monkeypatch):
+    """A small offline copy at a stand-in for ../shared/data/miniimagenet/images.tar.xz, with its
+    sha256 as the known one; returns (archive, splits, expected npz contents)."""
+    images, splits, expected = mini_from_folder
+    (tmp_path / "shared").mkdir()
+    archive = _mini_archive(images, tmp_path / "shared" / "images.tar.xz")
+    monkeypatch.setattr(miniimagenet, "ARCHIVE_DEFAULT", archive)
+    monkeypatch.setattr(miniimagenet, "ARCHIVE_SHA256", _sha256(archive.read_bytes()))
+    return archive, splits, expected
+
+
+def _run_main(args, capsys):
+    code = miniimagenet.main(args)
+    captured = capsys.readouterr()
+    return code, captured.err, captured.out
+
+
+def test_miniimagenet_default_is_the_offline_copy(offline_copy, tmp_path, capsys):
+    archive, splits, expected = offline_copy
+    out = tmp_path / "data" / "miniimagenet"
+    code, err, stdout = _run_main(["--splits", str(splits), "--out", str(out), "--no-verify-splits"], capsys)
+    assert code == 0 and err == ""
+    assert f"{archive}: sha256 verified" in stdout
+    _assert_same_npz(_npz_contents(out), expected)
+    # Named explicitly, the offline copy is checked against the known checksum too.
+    code, err, stdout = _run_main(["--images", str(archive), "--splits", str(splits), "--out",
+                                   str(tmp_path / "again"), "--no-verify-splits"], capsys)
+    assert code == 0 and f"{archive}: sha256 verified" in stdout
+
+
+def _assert_one_error_line(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "wrong"])
+def test_miniimagenet_bad_offline_copy_refused(offline_copy, tmp_path, capsys, damage):
+    archive, splits, _ = offline_copy
+    data = archive.read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "corrupt":
+        data = data[:2000] + bytes(b ^ 0xFF for b in data[2000:2100]) + data[2100:]
+    else:
+        data = _fake_omniglot_zip("images_background")  # a readable archive, but not of these images
+    archive.write_bytes(data)
+    out = tmp_path / "data" / "miniimagenet"
+    code, err, _ = _run_main(["--splits", str(splits), "--out", str(out), "--no-verify-splits"], capsys)
+    _assert_one_error_line(code, err, f"Checksum mismatch for {archive}", miniimagenet.ARCHIVE_SHA256,
+                           _sha256(data), "MINIIMAGENET_IMAGES=")
+    assert not (tmp_path / "data").exists()  # no output folder, no temp file
+
+
+def test_miniimagenet_no_images_at_all(offline_copy, tmp_path, capsys, monkeypatch):
+    _, splits, _ = offline_copy
+    absent = tmp_path / "nowhere" / "images.tar.xz"
+    monkeypatch.setattr(miniimagenet, "ARCHIVE_DEFAULT", absent)
+    out = tmp_path / "data" / "miniimagenet"
+    code, err, _ = _run_main(["--splits", str(splits), "--out", str(out), "--no-verify-splits"], capsys)
+    _assert_one_error_line(code, err, f"the offline copy {absent} is not there", "MINIIMAGENET_IMAGES=")
+    code, err, _ = _run_main(["--images", str(tmp_path / "mine.tar"), "--splits", str(splits), "--out", str(out),
+                           "--no-verify-splits"], capsys)
+    _assert_one_error_line(code, err, f"Images {tmp_path / 'mine.tar'} not found", "MINIIMAGENET_IMAGES=")
+    code, err, _ = _run_main(["--splits", str(tmp_path / "nosplits"), "--out", str(out)], capsys)
+    _assert_one_error_line(code, err, str(tmp_path / "nosplits" / "train.csv"), "MINIIMAGENET_SPLITS=")
+    assert not (tmp_path / "data").exists()
+
+
+def test_miniimagenet_archive_checksum_given(mini_raw, tmp_path):
+    images, splits = mini_raw
+    archive = _mini_archive(images, tmp_path / "mine.tar.xz")
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as e:
+        miniimagenet.prepare(archive, splits, out, checksums=None, log=_quiet, archive_sha256="0" * 64)
+    assert f"Checksum mismatch for {archive}" in str(e.value) and _sha256(archive.read_bytes()) in str(e.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "not_an_archive"])
+def test_miniimagenet_own_bad_archive_refused(mini_raw, tmp_path, damage):
+    """An archive of one's own has no known checksum: reading it must catch the damage."""
+    images, splits = mini_raw
+    archive = _mini_archive(images, tmp_path / "mine.tar.xz")
+    data = archive.read_bytes()
+    data = {"truncated": data[: len(data) * 2 // 3],
+            "corrupt": data[:3000] + bytes(200) + data[3200:],
+            "not_an_archive": b"just some text\n" * 100}[damage]
+    archive.write_bytes(data)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as e:
+        miniimagenet.prepare(archive, splits, out, checksums=None, log=_quiet)
+    msg = str(e.value)
+    assert str(archive) in msg and "MINIIMAGENET_IMAGES=" in msg and "\n" not in msg
+    assert ("Cannot read archive" in msg) or ("images missing from" in msg and "truncated" in msg)
+    assert not out.exists()
+
+
+def test_miniimagenet_archive_missing_and_undecodable_images(mini_raw, tmp_path):
+    images, splits = mini_raw
+    gone = f"{WNIDS['val'][2]}{3:08d}.jpg"
+    archive = _mini_archive(images, tmp_path / "mine.tar.gz", drop={gone})
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as e:
+        miniimagenet.prepare(archive, splits, out, checksums=None, log=_quiet)
+    assert f"1 of {3 * 3 * PER_CLASS} images missing from {archive}" in str(e.value) and gone in str(e.value)
+    assert not out.exists()
+
+    # A member that is not an image, in the last split written: the splits already decoded are
+    # not moved into place either, and an existing output folder is left as it was.
+    bad = f"{WNIDS['test'][2]}{1:08d}.jpg"
+    archive = _mini_archive(images, tmp_path / "mine.zip", replace={bad: b"not a jpeg"})
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(DataError) as e:
+        miniimagenet.prepare(archive, splits, out, checksums=None, log=_quiet)
+    assert f"Cannot decode image {bad} in {archive}" in str(e.value)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_miniimagenet_real_offline_archive():
+    """The offline copy, when present: its checksum is the one in the code, and its first members
+    have the layout `images/<file>` with file names of the split files (reads only the start)."""
+    import tarfile
+
+    path = miniimagenet.ARCHIVE_DEFAULT
+    if not path.is_file():
+        pytest.skip(f"offline MiniImagenet archive not found at {path}")
+    assert miniimagenet.sha256(path) == miniimagenet.ARCHIVE_SHA256
+    names = set()
+    for split in miniimagenet.SPLITS:
+        _, files = miniimagenet.read_split_csv(miniimagenet.SPLITS_DEFAULT / f"{split}.csv")
+        names.update(f for fs in files.values() for f in fs)
+    with tarfile.open(path, "r|xz") as tar:
+        for k, member in zip(range(20), (m for m in tar if m.isfile())):
+            top, name = member.name.split("/")
+            assert top == "images" and name in names
+            with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                assert im.size == (84, 84) and im.mode == "RGB"
