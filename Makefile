@@ -6,7 +6,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: setup test bench campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: setup test bench appendix appendix-table2 campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
 
 ## setup: a virtual environment in .venv with the pinned requirements
 setup: .venv/.installed
@@ -50,6 +50,11 @@ data-miniimagenet-if-available: setup
 TABLE1_ARGS ?=
 table1: setup data-omniglot data-miniimagenet-if-available
 	$(PY) -m reproduce.table1 $(iters) $(TABLE1_ARGS)
+
+## appendix: Appendix C baselines -> results/appendix/ (table2: multi-task parameter averaging)
+appendix: appendix-table2
+appendix-table2: setup
+	$(PY) -m reproduce.appendix table2
 
 ## rl: train (or resume) MAML-TRPO and the baselines on every RL task; regenerate results/rl/
 rl: rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir

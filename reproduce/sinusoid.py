@@ -28,12 +28,12 @@ def test_source(cfg, shots: int, **extra):
     return tasks.build({**cfg.task, **cfg.eval.task, "support": shots, **extra}, split="test")
 
 
-def finetune_alpha(learner, cfg, shots: int) -> tuple[float, dict]:
-    """The pretrained model's fine-tuning step for K shots: the grid value with the lowest mean MSE
-    over steps 1..10 on 200 held-out *training* tasks (the validation seed, never the test seed)."""
+def finetune_alpha(model, params, cfg, shots: int) -> tuple[float, dict]:
+    """A baseline's fine-tuning step for K shots: the grid value with the lowest mean MSE over
+    steps 1..10 on 200 held-out *training* tasks (the validation seed, never the test seed)."""
     scores = {}
     for a in FINETUNE_GRID:
-        r = evaluate.evaluate(learner.model, learner.param_values(), test_source(cfg, shots),
+        r = evaluate.evaluate(model, params, test_source(cfg, shots),
                               maml.mse, maml.mse, cfg.eval.steps, a, n_tasks=200, seed=cfg.train.val_seed)
         scores[a] = float(np.mean(r["mean"][1:])) if np.all(np.isfinite(r["mean"])) else float("inf")
     return min(scores, key=scores.get), scores
@@ -44,7 +44,7 @@ def evaluate_method(name: str, learner, cfg) -> dict:
     for k in SHOTS:
         alpha, search = cfg.train.inner_lr, None
         if name == "pretrained":
-            alpha, search = finetune_alpha(learner, cfg, k)
+            alpha, search = finetune_alpha(learner.model, learner.param_values(), cfg, k)
         r = evaluate.evaluate(learner.model, learner.param_values(), test_source(cfg, k), maml.mse,
                               maml.mse, cfg.eval.steps, alpha, n_tasks=cfg.eval.tasks, seed=cfg.eval.seed)
         mse, ci = r["mean"].tolist(), r["ci95"].tolist()
