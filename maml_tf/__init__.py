@@ -7,3 +7,7 @@ import os
 # Benchmark). Set before TensorFlow initialises XLA; an explicit XLA_FLAGS setting wins.
 if "xla_cpu_use_thunk_runtime" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_thunk_runtime=false").strip()
+
+from maml_tf import _quiet  # noqa: E402
+
+_quiet.install()  # before TensorFlow is imported: its start-up noise stays off the terminal

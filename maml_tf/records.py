@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -61,3 +62,38 @@ def write_text(path: str | Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+PROVENANCE_KEYS = ("commit", "written", "machine", "wall_time_s", "host")
+
+
+def _same(a, b, ignore) -> bool:
+    """Equal apart from the `ignore` keys and float noise: relative 1e-4 (evaluation runs are
+    repeatable to float32 rounding), 1e-2 for values beyond 1e3 (a diverging curve amplifies the
+    rounding), NaN equal to NaN."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - set(ignore)
+        return all(k in a and k in b and _same(a[k], b[k], ignore) for k in keys)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, ignore) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        rel = 1e-2 if min(abs(a), abs(b)) > 1e3 else 1e-4
+        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
+    return a == b
+
+
+def same_results(path: str | Path, data, ignore=PROVENANCE_KEYS) -> bool:
+    """Whether the JSON at `path` holds the same results as `data`, apart from provenance (which
+    commit evaluated it, when, where) and float noise: a re-run that changes no result then
+    leaves the tracked files as they were."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return _same(old, json.loads(json.dumps(data)), ignore)

@@ -89,6 +89,7 @@ def _train(cfg: RLConfig, run_dir: Path, quiet: bool, stop_after: int | None) ->
     if start == 0 and not manager.latest_checkpoint:
         manager.save(checkpoint_number=0)  # the initial policy (the `random` baseline is only that)
     stop = iterations if stop_after is None else min(iterations, start + stop_after)
+    runs.announce(run_dir, start, stop, iterations, quiet)
     if start >= stop:
         return learner
 
@@ -149,7 +150,7 @@ def _train(cfg: RLConfig, run_dir: Path, quiet: bool, stop_after: int | None) ->
                              f"post {info['post_return']:8.2f}  kl {info['kl_after']:.4f}  "
                              f"{now - it_start:5.1f} s/it  eta {eta / 60:6.1f} min")
             stop_request.checkpoint(step, step % t.checkpoint_every == 0 or step == stop, save, log)
-    log.done()
+    log.done(f"trained to {step} iterations: the checkpoints are in {run_dir}")
     return learner
 
 

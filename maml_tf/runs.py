@@ -13,7 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import tensorflow as tf
 import yaml
 
 from maml_tf import records
@@ -168,6 +167,7 @@ class Log:
     """Metrics to metrics.jsonl and TensorBoard, and a one-line progress display."""
 
     def __init__(self, run_dir: Path, quiet: bool):
+        import tensorflow as tf  # here, not at the top: entry points answer --help without TensorFlow
         self.path = run_dir / "metrics.jsonl"
         self.writer = tf.summary.create_file_writer(str(run_dir / "tb"))
         self.quiet = quiet
@@ -175,19 +175,35 @@ class Log:
     def write(self, step: int, values: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
+        import tensorflow as tf
         with self.writer.as_default(step=step):
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     tf.summary.scalar(k, v)
 
     def progress(self, text: str) -> None:
+        """One progress line: rewritten in place on a terminal, one line each in a log file."""
         if not self.quiet:
-            sys.stderr.write(f"\r{text}   ")
+            tty = sys.stderr.isatty()
+            sys.stderr.write(f"\r{text}   " if tty else f"{text}\n")
             sys.stderr.flush()
 
     def done(self, text: str = "") -> None:
         if not self.quiet:
-            sys.stderr.write(f"\n{text}" + ("\n" if text else ""))
+            sys.stderr.write(("\n" if sys.stderr.isatty() else "") + (f"{text}\n" if text else ""))
+
+
+def announce(run_dir: Path, start: int, stop: int, budget: int, quiet: bool) -> None:
+    """Say what this call of a training loop is about to do with the run."""
+    if quiet:
+        return
+    if start >= stop:
+        msg = f"{run_dir}: already trained to {start} iterations (budget {budget}); nothing to train"
+    elif start:
+        msg = f"{run_dir}: resuming at iteration {start}, training to {stop}"
+    else:
+        msg = f"{run_dir}: training to {stop} iterations"
+    print(msg, file=sys.stderr, flush=True)
 
 
 class StopRequest:

@@ -242,6 +242,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
     rollback_metrics(run_dir, start)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
+    runs.announce(run_dir, start, stop, t.iterations, quiet)
     if start >= stop:
         return learner
 
@@ -293,7 +294,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
                     best_manager.save(checkpoint_number=step)
                     write_json(best_path, best)
             stop_request.checkpoint(step, step % t.checkpoint_every == 0 or step == stop, save, log)
-    log.done()
+    log.done(f"trained to {step} iterations: the checkpoints are in {run_dir}")
     return learner
 
 

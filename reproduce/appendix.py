@@ -37,8 +37,8 @@ def load_config(path: Path = CONFIG) -> dict:
     raw = config_lib.yaml_load(path.read_text())
     allowed = {"seed": int, "pilot_seed": int, "pilot_regressors": int, "strengths": dict, "settings": dict}
     config_lib._check_keys("appendix", raw, allowed)
-    settings = config_lib._dataclass(multitask.Settings, "settings", raw["settings"])
-    settings = dataclasses.replace(settings, sizes=tuple(settings.sizes))
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (raw.get("settings") or {}).items()}
+    settings = config_lib._dataclass(multitask.Settings, "settings", given)
     return {**raw, "settings": settings}
 
 

@@ -49,7 +49,11 @@ def record(cfg: config_lib.Config, learner, paper_iters: int, run_dir: Path) -> 
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    """The command line every entry point shares; usage reads `python -m reproduce.<name>`."""
+    script = Path(sys.argv[0])
+    prog = f"python -m reproduce.{script.stem}" if script.parent.name == "reproduce" else None
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=None,
                    help="training budget (default: the paper's, from the config); a smaller one is "
                         "labelled partial in every result")

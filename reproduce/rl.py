@@ -56,8 +56,7 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
                                 f"{name}` without --eval-only to train it")
     else:
         if not args.quiet:
-            print(f"== {env}/{name}: training to {0 if name == 'random' else cfg.train.iterations} "
-                  f"iterations", file=sys.stderr)
+            print(f"== {env}/{name}", file=sys.stderr)
         rl_train.train(cfg, run_dir, quiet=args.quiet)
     learner, evaluated = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
     if not args.quiet:
@@ -305,6 +304,9 @@ def _main(argv=None) -> int:
                "paper": {"maml": PAPER[args.env][0], "oracle": PAPER[args.env][1]}}
     summary["findings"] = findings(args.env, metrics, runs)
     out.mkdir(parents=True, exist_ok=True)
+    if records.same_results(path, summary):  # no result changed: the tracked files stay as they are
+        print(table(out))
+        return 0
     write_reports(out, path, summary)
     if args.env == "point":
         figure_point_paths(args, metrics, out / "fig4_point_paths.png")

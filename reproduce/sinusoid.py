@@ -217,7 +217,7 @@ def _main(argv=None) -> int:
         for name, cfg_name in METHODS.items():
             cfg = common.load(cfg_name, args.iterations, sets)
             if not args.quiet:
-                print(f"== {name}: training to {cfg.train.iterations} iterations", file=sys.stderr)
+                print(f"== {name}", file=sys.stderr)
             run_dir = common.run_dir(cfg, args.results)
             learners[name] = train_lib.train(cfg, run_dir, quiet=args.quiet)
             cfgs[name] = cfg
@@ -235,6 +235,9 @@ def _main(argv=None) -> int:
                "paper": {"maml": {"K5": PAPER["maml"]}, "pretrained": {"K5": PAPER["pretrained"]}}}
     summary["findings"] = findings(metrics, runs)
     out.mkdir(parents=True, exist_ok=True)
+    if records.same_results(out / "summary.json", summary):  # no result changed: files stay as they are
+        print((out / "table.md").read_text())
+        return 0
     records.write_json(out / "summary.json", summary)
     (out / "table.md").write_text(table(summary))
     label = "" if main_run["status"] == "full" else f" PARTIAL: {main_run['iterations']} of 70,000 iterations"

@@ -206,6 +206,13 @@ def _main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     first_vs_second_order(rows, args.results)
+    for r in rows:  # a run older than sessions.jsonl: keep the commits an earlier row recorded
+        old = previous.get((r["dataset"], r["way"], r["shot"], r["model"], r["order"]), {})
+        if not r.get("training_commits") and old.get("training_commits"):
+            r["training_commits"] = old["training_commits"]
+    if records.same_results(out_json, rows):  # no result changed: the tracked files stay as they are
+        print((args.results / "table1.md").read_text())
+        return 0
     records.write_json(out_json, rows)
     (args.results / "table1.md").write_text(markdown(rows))
     print(markdown(rows))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-from maml_tf import train as train_lib
 from maml_tf.config import RLConfig
 from reproduce import common
 
@@ -14,7 +13,8 @@ from reproduce import common
 def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("config", help="a config under reproduce/configs (e.g. omniglot/conv_5w1s) or a path")
-    p.add_argument("--run-dir", default=None)
+    p.add_argument("--run-dir", default=None,
+                   help="the run's directory (default: RESULTS/<experiment>/<method> of the config)")
     args = common.parse(p, argv, replicas=None)
 
     def body():
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
             from maml_tf import rl_train
             rl_train.train(cfg, run_dir, quiet=args.quiet)
         else:
+            from maml_tf import train as train_lib
             train_lib.train(cfg, run_dir, quiet=args.quiet)
 
     return common.guard(body)
