@@ -6,7 +6,11 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: setup test bench appendix appendix-table2 campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: help setup test bench appendix appendix-table2 campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+
+## help: this list of targets
+help:
+	@sed -n 's/^## //p' Makefile
 
 ## setup: a virtual environment in .venv with the pinned requirements
 setup: .venv/.installed
