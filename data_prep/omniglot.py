@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import sys
 import tempfile
 import urllib.error
@@ -102,8 +103,10 @@ def _fix_hint(name: str) -> str:
             f"(make variable OMNIGLOT_SOURCE) at a folder holding a good copy.")
 
 
-def verify(path: Path, name: str, checksums: Checksums = KNOWN_CHECKSUMS) -> dict[str, str]:
-    """Check `path` (the archive `name`) against the table; return its {'md5', 'sha256'} digests."""
+def verify(path: Path, name: str, checksums: Checksums = KNOWN_CHECKSUMS,
+           shown: str | None = None) -> dict[str, str]:
+    """Check `path` (the archive `name`) against the table; return its {'md5', 'sha256'} digests.
+    `shown` is what the error message names instead of `path` (a download's URL, not its temp file)."""
     if name not in checksums:
         raise DataError(f"No known checksum for {name}; add it to the checksum table.")
     digests = {algo: file_digest(path, algo) for algo in {"md5", "sha256"} | {e[0] for e in checksums[name]}}
@@ -111,7 +114,7 @@ def verify(path: Path, name: str, checksums: Checksums = KNOWN_CHECKSUMS) -> dic
         return digests
     expected = " or ".join(f"{e[0]} {e[1]}" + (f" ({e[2]})" if len(e) > 2 else "") for e in checksums[name])
     actual = ", ".join(f"{a} {digests[a]}" for a in sorted({e[0] for e in checksums[name]}))
-    raise DataError(f"Checksum mismatch for {name} ({path}): expected {expected}; got {actual}. "
+    raise DataError(f"Checksum mismatch for {name} ({shown or path}): expected {expected}; got {actual}. "
                     + _fix_hint(name))
 
 
@@ -123,7 +126,7 @@ def _download(url: str, dest: Path, name: str, checksums: Checksums) -> dict[str
         with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
             while block := resp.read(1 << 20):
                 f.write(block)
-        digests = verify(tmp, name, checksums)
+        digests = verify(tmp, name, checksums, shown=url)
         tmp.replace(dest)
         return digests
     except (urllib.error.URLError, OSError) as e:
@@ -257,21 +260,40 @@ def _existing_ok(out_path: Path, checksums: Checksums, digests=None) -> bool:
     return all(any(recorded[k].get(e[0]) == e[1].lower() for e in checksums.get(k, ())) for k in ARCHIVES)
 
 
+def _clean_leftovers(out_path: Path) -> None:
+    """Remove what a killed earlier run left next to the output: a half-written
+    `.omniglot28.npz.*.part` and `.omniglot-download-*` folders."""
+    folder = out_path.parent
+    if not folder.is_dir():
+        return
+    for p in folder.glob(f".{out_path.name}.*.part"):
+        p.unlink(missing_ok=True)
+    for p in folder.glob(".omniglot-download-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def prepare(source: str | Path | None = None, out: str | Path = "data/omniglot",
             checksums: Checksums = KNOWN_CHECKSUMS, force: bool = False,
             log: Callable[[str], None] = print) -> Path:
     """Make `<out>/omniglot28.npz` from `source` (folder or URL base); do nothing if it is up to date."""
     source = str(source) if source is not None else default_source()
     out_path = Path(out) / OUT_NAME
+    _clean_leftovers(out_path)
     if _is_url(source):
         if not force and _existing_ok(out_path, checksums):
             log(f"{out_path} is up to date (built from verified archives); nothing to do.")
             return out_path
+        created = not out_path.parent.exists()
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".omniglot-download-") as tmp:
-            log(f"downloading archives from {source}")
-            paths, digests = _fetch(source, tmp, checksums)
-            return build(paths, out_path, digests, log)
+        try:
+            with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".omniglot-download-") as tmp:
+                log(f"downloading archives from {source}")
+                paths, digests = _fetch(source, tmp, checksums)
+                return build(paths, out_path, digests, log)
+        except BaseException:
+            if created and not any(out_path.parent.iterdir()):  # leave no empty folder behind
+                out_path.parent.rmdir()
+            raise
     paths, digests = _fetch(source, None, checksums)
     if not force and _existing_ok(out_path, checksums, digests):
         log(f"{out_path} is up to date with the archives in {source}; nothing to do.")

@@ -157,6 +157,29 @@ def test_prepare_by_url_small_archives(http_folder, tmp_path):
     assert path.stat().st_mtime_ns == before
 
 
+def test_prepare_cleans_what_a_killed_run_left_and_leaves_no_empty_folder(http_folder, tmp_path):
+    folder, url, _ = http_folder
+    table = {}
+    for name, seed in zip(omniglot.ARCHIVES, (1, 2)):
+        data = _fake_omniglot_zip(name[:-4], seed=seed)
+        (folder / name).write_bytes(data)
+        table[name] = [("sha256", _sha256(data))]
+    # a failed download (wrong checksum) into a new folder leaves no folder behind, and the
+    # message names the URL, not a temp file that no longer exists
+    bad = {name: [("sha256", "0" * 64)] for name in table}
+    with pytest.raises(DataError) as err:
+        omniglot.prepare(url, tmp_path / "new", checksums=bad, log=lambda m: None)
+    assert not (tmp_path / "new").exists()
+    assert url in str(err.value) and ".download" not in str(err.value)
+    # leftovers of a killed run (a .part output, a download folder) are removed by the next one
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".{omniglot.OUT_NAME}.abc123.part").write_bytes(b"half")
+    (out / ".omniglot-download-xyz").mkdir()
+    omniglot.prepare(url, out, checksums=table, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == [omniglot.OUT_NAME]
+
+
 # ------------------------------------------------------------------------- MiniImagenet
 
 WNIDS = {"train": ["n03000003", "n01000001", "n02000002"],  # deliberately not sorted
