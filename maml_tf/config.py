@@ -156,7 +156,7 @@ def check_call(builders: dict, where: str, spec: dict) -> None:
 
 
 def from_dict(raw: dict) -> Config:
-    from maml_tf import nets, tasks  # the builders the config names
+    from maml_tf import context, nets, tasks  # noqa: F401  (the builders the config names)
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping")
     if "env" in raw:  # an RL config (see RLConfig below)
@@ -308,7 +308,7 @@ class RLConfig:
 def rl_from_dict(raw: dict) -> RLConfig:
     """An RL config: `env` (a registered id), `model` (a policy builder of maml_tf.nets, without
     obs_dim / act_dim, which come from the environment), `train` (RLTrain), `eval` (RLEval)."""
-    from maml_tf import nets
+    from maml_tf import context, nets  # noqa: F401  (the builders the config names)
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping")
     top = {f.name: f.type for f in dataclasses.fields(RLConfig)}

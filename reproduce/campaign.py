@@ -49,10 +49,15 @@ class Run:
     report: tuple = ()
     seed: int | None = None
     hold: str = ""    # why the run waits (it is listed, never started); empty: it may run
+    sets: tuple = ()  # --set overrides (a pilot's variant of the config)
+    iterations: int | None = None  # a budget other than the config's (a pilot)
+    dir: str = ""     # run directory under results/ (default <experiment>/<method>[_seed<N>])
 
     @property
     def name(self) -> str:
-        return self.config + (f" (seed {self.seed})" if self.seed is not None else "")
+        extra = [f"seed {self.seed}"] if self.seed is not None else []
+        extra += list(self.sets) + ([f"{self.iterations} iterations"] if self.iterations else [])
+        return self.config + (f" ({', '.join(extra)})" if extra else "")
 
     def path(self) -> Path:
         p = Path(self.config)
@@ -62,9 +67,11 @@ class Run:
         return yaml.safe_load(self.path().read_text())
 
     def budget(self) -> int:
-        return int(self.raw()["train"]["iterations"])
+        return self.iterations or int(self.raw()["train"]["iterations"])
 
     def run_dir(self, results: Path) -> Path:
+        if self.dir:
+            return results / self.dir
         raw = self.raw()
         method = raw.get("method", "maml") + (f"_seed{self.seed}" if self.seed is not None else "")
         return results / raw["experiment"] / method
@@ -75,6 +82,10 @@ class Run:
                "--results", str(results), "--run-dir", str(self.run_dir(results))]
         if self.seed is not None:
             cmd += ["--set", f"seed={self.seed}"]
+        for s in self.sets:
+            cmd += ["--set", s]
+        if self.iterations:
+            cmd += ["--iterations", str(self.iterations)]
         return cmd
 
 
@@ -86,6 +97,9 @@ def _cell(config: str, cell: str, hold: str = "") -> Run:
     return Run(config, ("table1", cell), hold=hold)
 
 
+PILOT_Z = (2, 8, 32)
+CONTEXT_HOLD = ("z_dim is set from the pilot runs above (results/appendix/context_pilot.md) before "
+                "this run starts")
 MINIIMAGENET_HOLD = ("its meta-step is 13x or more above its floor (issue 20): made fast before it "
                      "is trained")
 
@@ -106,7 +120,19 @@ QUEUE: list[Run] = [
     _cell("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order", MINIIMAGENET_HOLD),
     *_rl("cheetah_vel"),
     *_rl("cheetah_dir"),
-    # Appendix C (context vector, parameter averaging) joins here once its configs exist (issue 15).
+    # Appendix C: the context vector's size by short pilot runs (reproduce.appendix context-pilot),
+    # then the four settings to the budgets of their MAML runs. (Table 2, parameter averaging, is
+    # one run of `make appendix-table2`, not a queue entry.)
+    *[Run(config, ("appendix", "context-pilot"), sets=(f"model.z_dim={z}",) + extra, iterations=it,
+          dir=f"appendix/context_pilot/{name}_z{z}")
+      for config, name, it, extra in (("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",)),
+                                      ("rl/point/context", "point", 30, ()),
+                                      ("rl/cheetah_dir/context", "cheetah_dir", 20, ()))
+      for z in PILOT_Z],
+    Run("rl/point/context", ("rl", "point", "context"), dir="rl/point/context", hold=CONTEXT_HOLD),
+    Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
+    Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
+    Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), dir="rl/cheetah_dir/context", hold=CONTEXT_HOLD),
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),
     *_rl("ant_dir"),
@@ -319,7 +345,8 @@ class Campaign:
         return [r for r in self.queue if done_iterations(r.run_dir(self.results)) != self.start_done[r]]
 
     def report(self, threads: int) -> None:
-        """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one."""
+        """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one,
+        each appendix table in one."""
         moved = [r for r in self.moved() if r.report]
         cells = [r.report[1] for r in moved if r.report[0] == "table1"]
         commands = []
@@ -328,6 +355,11 @@ class Campaign:
         for env in dict.fromkeys(r.report[1] for r in moved if r.report[0] == "rl"):
             methods = [r.report[2] for r in moved if r.report[0] == "rl" and r.report[1] == env]
             commands.append([self.python, "-m", "reproduce.rl", env, "--eval-only", "--methods", *methods])
+        appendix = [r.report[1] for r in moved if r.report[0] == "appendix"]
+        if any(r.report[0] == "rl" and r.report[2] == "context" for r in moved):
+            appendix.append("context")  # after reproduce.rl has evaluated it
+        for name in dict.fromkeys(appendix):
+            commands.append([self.python, "-m", "reproduce.appendix", name])
         for cmd in commands:
             cmd += ["--threads", str(threads), "--quiet", "--results", str(self.results)]
             self.log(f"campaign: {' '.join(cmd[1:])}")

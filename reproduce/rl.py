@@ -24,7 +24,9 @@ from reproduce import common
 
 ENVS = ("point", "cheetah_vel", "cheetah_dir", "ant_vel", "ant_dir")
 BASE_METHODS = ("maml", "pretrained", "random", "oracle")
-EXTRA_METHODS = {"point": ("maml_alpha0.5",)}  # the official script's inner step, beside the paper's
+# the official script's inner step beside the paper's; the context-vector policy (Appendix C)
+EXTRA_METHODS = {"point": ("maml_alpha0.5", "context"), "cheetah_dir": ("context",)}
+APPENDIX_METHODS = ("context",)
 TITLES = {"point": "2D point navigation", "cheetah_vel": "half-cheetah goal velocity",
           "cheetah_dir": "half-cheetah forward/backward", "ant_vel": "ant goal velocity",
           "ant_dir": "ant forward/backward"}
@@ -37,7 +39,7 @@ PAPER = {"point": ([-40.41, -11.68, -3.33, -3.23], -2.29),
          "ant_dir": ([8.7, 499.2, 500.7, 499.1], 524.8)}
 STYLES = {"maml": ("MAML (ours)", "tab:green"), "maml_alpha0.5": ("MAML, alpha 0.5 (code)", "tab:olive"),
           "pretrained": ("pretrained + fine-tune", "tab:red"), "random": ("random init + fine-tune", "tab:gray"),
-          "oracle": ("oracle", "tab:blue")}
+          "oracle": ("oracle", "tab:blue"), "context": ("context vector (App. C)", "tab:purple")}
 
 
 def methods_of(env: str) -> tuple[str, ...]:
@@ -275,7 +277,10 @@ def _main(argv=None) -> int:
     args = common.parse(p, argv, replicas=False)
     if args.report_only:
         return report_only(args)
-    methods = args.methods or list(methods_of(args.env))
+    # by default every method, but an Appendix C one only once it has been trained (the campaign
+    # or `--methods context` trains it, after its pilot runs)
+    methods = args.methods or [m for m in methods_of(args.env) if m not in APPENDIX_METHODS
+                               or (args.results / "rl" / args.env / m / "checkpoints").exists()]
     unknown = [m for m in methods if m not in methods_of(args.env)]
     if unknown:
         print(f"error: unknown method(s) {', '.join(unknown)} for {args.env}; choose from "
