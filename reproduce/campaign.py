@@ -113,6 +113,14 @@ QUEUE: list[Run] = [
     _cell("omniglot/mlp_5w1s", "omniglot_5w1s_mlp"),
     _cell("omniglot/mlp_5w5s", "omniglot_5w5s_mlp"),
     _cell("omniglot/conv_5w1s_first_order", "omniglot_5w1s_conv_first_order"),
+    # Appendix C's pilot runs, which choose the context vector's size (reproduce.appendix
+    # context-pilot): cheap (about 1 core-hour in all), and they unblock the Appendix C runs below.
+    *[Run(config, ("appendix", "context-pilot"), sets=(f"model.z_dim={z}",) + extra, iterations=it,
+          dir=f"appendix/context_pilot/{name}_z{z}")
+      for config, name, it, extra in (("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",)),
+                                      ("rl/point/context", "point", 30, ()),
+                                      ("rl/cheetah_dir/context", "cheetah_dir", 20, ()))
+      for z in PILOT_Z],
     _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
     _cell("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv", MINIIMAGENET_HOLD),
     _cell("miniimagenet/conv_5w1s_first_order", "miniimagenet_5w1s_conv_first_order", MINIIMAGENET_HOLD),
@@ -120,15 +128,8 @@ QUEUE: list[Run] = [
     _cell("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order", MINIIMAGENET_HOLD),
     *_rl("cheetah_vel"),
     *_rl("cheetah_dir"),
-    # Appendix C: the context vector's size by short pilot runs (reproduce.appendix context-pilot),
-    # then the four settings to the budgets of their MAML runs. (Table 2, parameter averaging, is
-    # one run of `make appendix-table2`, not a queue entry.)
-    *[Run(config, ("appendix", "context-pilot"), sets=(f"model.z_dim={z}",) + extra, iterations=it,
-          dir=f"appendix/context_pilot/{name}_z{z}")
-      for config, name, it, extra in (("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",)),
-                                      ("rl/point/context", "point", 30, ()),
-                                      ("rl/cheetah_dir/context", "cheetah_dir", 20, ()))
-      for z in PILOT_Z],
+    # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
+    # is one run of `make appendix-table2`, not a queue entry)
     Run("rl/point/context", ("rl", "point", "context"), dir="rl/point/context", hold=CONTEXT_HOLD),
     Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
     Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
