@@ -6,10 +6,13 @@ CPU-instruction notices. Some of them come from absl before its logging is set u
 TF_CPP_MIN_LOG_LEVEL. `install()` sends the C-level standard error (file descriptor 2) through a
 filter thread that drops exactly those lines and passes every other line on at once; Python's own
 `sys.stderr` keeps writing to the terminal directly, so the project's messages (and Python
-tracebacks) never wait on the thread. MAML_TF_VERBOSE=1 turns the filter off.
+tracebacks) never wait on the thread. At exit, descriptor 2 is given back and the filter passes on
+what is still in its pipe; only a hard abort (a C++ fatal error) can cut its last lines, which
+MAML_TF_VERBOSE=1 (the filter off) shows.
 """
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
@@ -35,7 +38,7 @@ _installed = False
 
 def install() -> None:
     global _installed
-    if _installed or os.environ.get("MAML_TF_VERBOSE") or "pytest" in sys.modules:
+    if _installed or os.environ.get("MAML_TF_VERBOSE") or "pytest" in sys.modules or sys.stderr is None:
         return
     _installed = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's own INFO lines
@@ -51,19 +54,41 @@ def install() -> None:
     sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb", buffering=0), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True, write_through=True)
 
+    def forward(data: bytes) -> None:
+        try:
+            os.write(real, data)
+        except OSError:
+            pass  # the real standard error is gone (a closed pipe): keep draining, never block TensorFlow
+
     def pump() -> None:
         with os.fdopen(read, "rb", buffering=0) as src:
             pending = b""
             while True:
-                chunk = src.read(65536)
+                try:
+                    chunk = src.read(65536)
+                except OSError:
+                    break
                 if not chunk:
                     break
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 out = b"".join(l + b"\n" for l in lines if not NOISE.search(l.decode("utf-8", "replace")))
                 if out:
-                    os.write(real, out)
+                    forward(out)
             if pending and not NOISE.search(pending.decode("utf-8", "replace")):
-                os.write(real, pending)
+                forward(pending)
 
-    threading.Thread(target=pump, name="stderr-filter", daemon=True).start()
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        """At exit: give file descriptor 2 back to the real standard error, so that the filter sees
+        the end of its pipe and passes on every line still in it before the process ends."""
+        try:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+        except (OSError, ValueError):
+            return
+        thread.join(timeout=2.0)
+
+    atexit.register(restore)

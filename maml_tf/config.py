@@ -250,7 +250,7 @@ def parse_override(text: str) -> tuple[str, object]:
 
 # ----------------------------------------------------------------------------- RL configs
 
-RL_METHODS = ("maml", "pretrained", "random", "oracle")
+RL_METHODS = ("maml", "pretrained", "random", "oracle", "context")  # context: MAML with a context vector
 
 
 @dataclass
@@ -296,7 +296,7 @@ class RLConfig:
     model: dict
     train: RLTrain
     eval: RLEval
-    method: str = "maml"             # maml | pretrained | random | oracle
+    method: str = "maml"             # maml | pretrained | random | oracle | context (App. C)
     seed: int = 0
     env_kwargs: dict = field(default_factory=dict)
     notes: str = ""

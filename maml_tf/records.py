@@ -76,6 +76,8 @@ def _same(a, b, ignore) -> bool:
         return all(k in a and k in b and _same(a[k], b[k], ignore) for k in keys)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y, ignore) for x, y in zip(a, b))
+    if isinstance(a, int) and isinstance(b, int):  # iterations, steps, counts: exactly
+        return a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
         if math.isnan(a) or math.isnan(b):

@@ -79,11 +79,12 @@ def _train(cfg: RLConfig, run_dir: Path, quiet: bool, stop_after: int | None) ->
     manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=1)
     best_params = {k: tf.Variable(v) for k, v in learner.params.items()}
     best_ckpt = tf.train.Checkpoint(params=best_params, step=tf.Variable(0, dtype=tf.int64))
-    best_manager = tf.train.CheckpointManager(best_ckpt, run_dir / "best", max_to_keep=1)
     if manager.latest_checkpoint:
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(learner.step.numpy())
     rollback_metrics(run_dir, start)
+    runs.forget_lost_best(run_dir, start, changed)
+    best_manager = tf.train.CheckpointManager(best_ckpt, run_dir / "best", max_to_keep=1)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     iterations = 0 if cfg.method == "random" else t.iterations
     if start == 0 and not manager.latest_checkpoint:

@@ -153,6 +153,22 @@ def rollback_metrics(run_dir: Path, step: int) -> None:
         records.write_text(path, "".join(l + "\n" for l in keep))
 
 
+def forget_lost_best(run_dir: Path, start: int, changed: dict) -> None:
+    """A best checkpoint recorded after the checkpoint a run resumes from belongs to iterations
+    that were lost. A plain resume trains them again, identically, and finds the same best; a
+    resume with changed step sizes (`changed`) takes another path, so that best is removed."""
+    path = run_dir / "best.json"
+    if not changed or not path.exists():
+        return
+    try:
+        best = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        best = {"step": start + 1}
+    if best.get("step", 0) > start:
+        path.unlink()
+        shutil.rmtree(run_dir / "best", ignore_errors=True)
+
+
 def is_better(value: float, best: dict | None, higher_is_better: bool) -> bool:
     """Whether a finite `value` beats the recorded best (a best that is not finite, from a run
     that diverged before this rule, is always beaten; a value that is not finite never wins)."""

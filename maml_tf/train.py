@@ -234,12 +234,13 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
     learner = MetaLearner(cfg, strategy)
     # the latest checkpoint and the best only: older ones are deleted as new ones are written
     manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "checkpoints", max_to_keep=1)
-    best_manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "best", max_to_keep=1)
     if manager.latest_checkpoint:
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         learner.optimizer.learning_rate.assign(t.meta_lr)  # a changed meta_lr takes effect
     start = int(learner.step.numpy())
     rollback_metrics(run_dir, start)
+    runs.forget_lost_best(run_dir, start, changed)
+    best_manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "best", max_to_keep=1)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
     runs.announce(run_dir, start, stop, t.iterations, quiet)
@@ -260,8 +261,17 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
                 f"train.inner_lr, or set train.grad_clip, and resume.")
         learner.wall_time.assign(wall0 + time.perf_counter() - t0)
         manager.save(checkpoint_number=step)
+        # the metrics log's interval open at this checkpoint (its first iteration and loss sum):
+        # a run stopped between two log steps then logs as if it had never stopped
+        write_json(run_dir / "checkpoints" / "log_interval.json",
+                   {"checkpoint": step, "from": last_step, "loss_sum": float(loss_sum)})
 
     step, t0, last_t, last_step, loss_sum = start, time.perf_counter(), time.perf_counter(), start, 0.0
+    interval = run_dir / "checkpoints" / "log_interval.json"
+    if interval.exists():  # the log interval open at the checkpoint resumed from
+        open_at = json.loads(interval.read_text())
+        if open_at.get("checkpoint") == start and 0 <= open_at.get("from", -1) <= start:
+            last_step, loss_sum = open_at["from"], open_at["loss_sum"]
     wall0 = float(learner.wall_time.numpy())
     with StopRequest() as stop_request:
         for batch in data:
@@ -270,7 +280,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
             if step == start + 1:
                 record_session(run_dir, start, stop, changed)
             loss_sum = loss_sum + loss
-            if step % t.log_every == 0 or step == stop or stop_request.requested:
+            if step % t.log_every == 0 or step == stop:
                 mean_loss = float(loss_sum) / (step - last_step)
                 if not np.isfinite(mean_loss):
                     raise TrainingError(
@@ -278,7 +288,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
                         f"the last good checkpoint is {manager.latest_checkpoint}. Lower train.meta_lr "
                         f"or train.inner_lr, or set train.grad_clip, then resume.")
                 now = time.perf_counter()
-                rate = (step - last_step) / (now - last_t)
+                rate = (step - max(last_step, start)) / (now - last_t)  # this process's iterations
                 learner.wall_time.assign(wall0 + now - t0)
                 log.write(step, {"loss": mean_loss, "it_per_s": rate, "wall_time_s": wall0 + now - t0})
                 eta = (t.iterations - step) / rate if rate > 0 else float("nan")

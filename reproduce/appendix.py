@@ -173,7 +173,7 @@ def table2(args) -> int:
     old = json.loads(path.read_text()) if path.exists() else None
     metrics = {k: {"mse": [round(x, 4) for x in r["mse"]], "ci95": [round(x, 4) for x in r["ci95"]]}
                for k, r in rows.items()}
-    if old and old.get("metrics") == metrics:  # nothing changed: leave the tracked files as they are
+    if old and old.get("metrics") == metrics and (out_dir / "table2.md").exists():  # nothing changed
         print(Path(out_dir / "table2.md").read_text())
         return 0
     t = {"experiment": "appendix/table2", "config": {k: (dataclasses.asdict(v) if k == "settings" else v)
@@ -198,8 +198,8 @@ CONTEXT_PAPER = {"table3": {1: (94.9, 0.9), 5: (97.7, 0.3)},
 def _score(run_dir: Path) -> tuple[float | None, str]:
     """A pilot's score: the best meta-validation accuracy (classification) or the mean
     post-update training return of its last 5 iterations (RL)."""
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()] \
-        if (run_dir / "metrics.jsonl").exists() else []
+    from reproduce.campaign import _jsonl  # a line cut by a kill is skipped
+    rows = _jsonl(run_dir / "metrics.jsonl")
     vals = [(r["val_accuracy"], r["step"]) for r in rows if "val_accuracy" in r]
     if vals:
         best = max(vals)
@@ -239,7 +239,8 @@ def context_pilot(args) -> int:
             chosen = "**yes**" if v["chosen_z_dim"] == int(z) else ""
             lines.append(f"| {setting} | {z} | {c['iterations']} / {c['budget']} | {c['summary']} | {chosen} |")
     path = args.results / "appendix" / "context_pilot.json"
-    if not records.same_results(path, out):
+    if not records.same_results(path, out) or not (path.parent / "context_pilot.md").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         records.write_json(path, out)
         (path.parent / "context_pilot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -295,7 +296,7 @@ def context_tables(args) -> int:
     out = {"experiment": "appendix/context", "table3": rows3, "rl": rl, "paper": CONTEXT_PAPER,
            "commit": records.commit(), "written": records.now(), "machine": records.machine()}
     path = out_dir / "context.json"
-    if not records.same_results(path, out):
+    if not records.same_results(path, out) or not (out_dir / "context.md").exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         records.write_json(path, out)
         (out_dir / "context.md").write_text("\n".join(lines) + "\n")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,15 +61,16 @@ class Run:
         extra += list(self.sets) + ([f"{self.iterations} iterations"] if self.iterations else [])
         return self.config + (f" ({', '.join(extra)})" if extra else "")
 
-    def path(self) -> Path:
+    def path(self, root: Path = ROOT) -> Path:
+        """The config file: a name resolves under `root` (the worker's tree: the snapshot)."""
         p = Path(self.config)
-        return p if p.suffix in (".yaml", ".yml") else CONFIGS / f"{self.config}.yaml"
+        return p if p.suffix in (".yaml", ".yml") else root / "reproduce" / "configs" / f"{self.config}.yaml"
 
-    def raw(self) -> dict:
-        return yaml.safe_load(self.path().read_text())
+    def raw(self, root: Path = ROOT) -> dict:
+        return yaml.safe_load(self.path(root).read_text())
 
-    def budget(self) -> int:
-        return self.iterations or int(self.raw()["train"]["iterations"])
+    def budget(self, root: Path = ROOT) -> int:
+        return self.iterations or int(self.raw(root)["train"]["iterations"])
 
     def run_dir(self, results: Path) -> Path:
         if self.dir:
@@ -130,10 +133,10 @@ QUEUE: list[Run] = [
     *_rl("cheetah_dir"),
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
-    Run("rl/point/context", ("rl", "point", "context"), dir="rl/point/context", hold=CONTEXT_HOLD),
+    Run("rl/point/context", ("rl", "point", "context"), hold=CONTEXT_HOLD),
     Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
     Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
-    Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), dir="rl/cheetah_dir/context", hold=CONTEXT_HOLD),
+    Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), hold=CONTEXT_HOLD),
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),
     *_rl("ant_dir"),
@@ -239,6 +242,7 @@ def table(rows: list[dict]) -> str:
 
 def write_table(queue: list[Run], results: Path, running=None, notes=None) -> str:
     text = table(status_rows(queue, results, running, notes))
+    results.mkdir(parents=True, exist_ok=True)
     path = results / "campaign.md"
     if not path.exists() or path.read_text() != text:  # an unchanged campaign leaves git clean
         tmp = path.with_suffix(".md.tmp")
@@ -258,19 +262,19 @@ class Campaign:
         self.queue, self.results, self.cores = queue, results, cores
         self.python, self.cwd, self.poll, self.log = python, cwd, poll, log
         self.logs = logs or (cwd / "logs" / "campaign")
-        self.t0 = time.monotonic()
+        self.t0, self.hours = time.monotonic(), hours
         self.train_end = self.t0 + 3600 * hours - 60 * report_minutes
         self.min_seconds = 60 * min_minutes
         self.running: dict[Run, subprocess.Popen] = {}
+        self.signalled: set[int] = set()  # worker PIDs asked to stop (once: a second signal aborts)
         self.notes: dict[Run, str] = {}
-        self.start_done = {r: done_iterations(r.run_dir(results)) for r in queue}
         self.stopping = False
 
     def _next(self) -> Run | None:
         for run in self.queue:
             if run.hold or run in self.running or run in self.notes:
                 continue
-            if done_iterations(run.run_dir(self.results)) < run.budget():
+            if done_iterations(run.run_dir(self.results)) < run.budget(self.cwd):
                 return run
         return None
 
@@ -284,7 +288,9 @@ class Campaign:
                                                  stdout=out, stderr=subprocess.STDOUT,
                                                  start_new_session=True)
         self.log(f"campaign: started {run.name} at {done_iterations(run.run_dir(self.results))} / "
-                 f"{run.budget()} (pid {self.running[run].pid}, log {log_path})")
+                 f"{run.budget(self.cwd)} (pid {self.running[run].pid}, log {log_path})")
+        if self.stopping:  # a stop that came while it was starting
+            self._signal_workers()
 
     def _reap(self) -> None:
         for run, proc in list(self.running.items()):
@@ -293,13 +299,16 @@ class Campaign:
                 continue
             del self.running[run]
             done = done_iterations(run.run_dir(self.results))
+            budget = run.budget(self.cwd)
             if rc not in (0, 130) and not (self.stopping and rc < 0):
                 tail = self._log_tail(run)  # not retried in this campaign; the table says why
                 busy = "is in use by process" in tail
                 self.notes[run] = f"{'skipped' if busy else f'failed (exit {rc})'}: {tail}"
                 self.log(f"campaign: {run.name} {'skipped' if busy else f'failed with exit code {rc}'}: {tail}")
             else:
-                self.log(f"campaign: {run.name} stopped at {done} / {run.budget()}")
+                if done < budget and not self.stopping:  # stopped by someone else: not restarted
+                    self.notes[run] = f"stopped at {done} by a signal from outside the campaign"
+                self.log(f"campaign: {run.name} stopped at {done} / {budget}")
             write_table(self.queue, self.results, self.running, self.notes)
 
     def _log_tail(self, run: Run) -> str:
@@ -309,24 +318,33 @@ class Campaign:
         return (errors or lines or ["no output"])[-1].strip()[:300].replace("|", "/")
 
     def stop(self, *_):
-        """Ask every worker to checkpoint and exit (SIGTERM); no new worker starts after this."""
+        """Ask every worker to checkpoint and exit (SIGTERM, once per worker: a second signal would
+        stop it at once, losing its iterations since the last checkpoint); no new worker starts."""
         if not self.stopping:
             self.log("campaign: stopping the workers (each finishes its iteration and saves)")
         self.stopping = True
-        for proc in self.running.values():
-            if proc.poll() is None:
+        self._signal_workers()
+
+    def _signal_workers(self) -> None:
+        for proc in list(self.running.values()):
+            if proc.poll() is None and proc.pid not in self.signalled:
+                self.signalled.add(proc.pid)
                 proc.send_signal(signal.SIGTERM)
 
     def train(self) -> None:
-        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             write_table(self.queue, self.results, self.running, self.notes)
             while True:
                 self._reap()
                 if not self.stopping and time.monotonic() >= self.train_end:
                     self.stop()
-                if not self.stopping:
-                    while len(self.running) < self.cores and self.train_end - time.monotonic() > self.min_seconds:
+                if self.stopping:
+                    self._signal_workers()  # one that started while the stop came in
+                else:
+                    while (not self.stopping and len(self.running) < self.cores
+                           and self.train_end - time.monotonic() > self.min_seconds):
                         run = self._next()
                         if run is None:
                             break
@@ -338,40 +356,101 @@ class Campaign:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-            for proc in self.running.values():  # an exception here: leave no worker behind
-                proc.send_signal(signal.SIGTERM)
+            self._signal_workers()  # an exception here: leave no worker behind
+            for proc in self.running.values():
                 proc.wait()
 
     def moved(self) -> list[Run]:
-        return [r for r in self.queue if done_iterations(r.run_dir(self.results)) != self.start_done[r]]
+        """The runs whose iterations differ from those their last successful report saw
+        (results/campaign.json): a report that failed, or a campaign killed before its reports,
+        is made up for by the next campaign."""
+        reported = _reported(self.results, self.queue)
+        return [r for r in self.queue if r.report
+                and done_iterations(r.run_dir(self.results)) != reported.get(r.name, 0)]
 
     def report(self, threads: int) -> None:
         """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one,
         each appendix table in one."""
-        moved = [r for r in self.moved() if r.report]
-        cells = [r.report[1] for r in moved if r.report[0] == "table1"]
-        commands = []
+        moved = self.moved()
+        jobs = []  # (command, the runs it reports)
+        cells = [r for r in moved if r.report[0] == "table1"]
         if cells:
-            commands.append([self.python, "-m", "reproduce.table1", "--eval-only", "--cells", ",".join(cells)])
+            jobs.append((["reproduce.table1", "--eval-only", "--cells", ",".join(r.report[1] for r in cells)], cells))
         for env in dict.fromkeys(r.report[1] for r in moved if r.report[0] == "rl"):
-            methods = [r.report[2] for r in moved if r.report[0] == "rl" and r.report[1] == env]
-            commands.append([self.python, "-m", "reproduce.rl", env, "--eval-only", "--methods", *methods])
-        appendix = [r.report[1] for r in moved if r.report[0] == "appendix"]
-        if any(r.report[0] == "rl" and r.report[2] == "context" for r in moved):
-            appendix.append("context")  # after reproduce.rl has evaluated it
-        for name in dict.fromkeys(appendix):
-            commands.append([self.python, "-m", "reproduce.appendix", name])
-        for cmd in commands:
-            cmd += ["--threads", str(threads), "--quiet", "--results", str(self.results)]
+            runs = [r for r in moved if r.report[0] == "rl" and r.report[1] == env]
+            jobs.append((["reproduce.rl", env, "--eval-only", "--methods", *[r.report[2] for r in runs]], runs))
+        appendix: dict[str, list] = {}
+        for r in moved:
+            if r.report[0] == "appendix":
+                appendix.setdefault(r.report[1], []).append(r)
+            if r.report[0] == "rl" and r.report[2] == "context":
+                appendix.setdefault("context", [])  # after reproduce.rl has evaluated it
+        for name, runs in appendix.items():
+            jobs.append((["reproduce.appendix", name], runs))
+        for args, runs in jobs:
+            cmd = [self.python, "-m", *args, "--threads", str(threads), "--quiet", "--results", str(self.results)]
             self.log(f"campaign: {' '.join(cmd[1:])}")
-            rc = subprocess.run(cmd, cwd=self.cwd, stdout=subprocess.DEVNULL).returncode
+            try:  # the hours given, or at least 10 minutes for a report
+                limit = max(self.t0 + 3600 * self.hours - time.monotonic(), 600)
+                rc = subprocess.run(cmd, cwd=self.cwd, stdout=subprocess.DEVNULL, timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
             if rc != 0:
-                self.log(f"campaign: the report exited with code {rc}")
+                self.log(f"campaign: the report ended with {rc}; the next campaign runs it again")
+                continue
+            reported = _reported(self.results, self.queue)
+            reported.update({r.name: done_iterations(r.run_dir(self.results)) for r in runs})
+            records_write_json(self.results / "campaign.json", {"reported_iterations": reported})
+
+
+def _reported(results: Path, queue: list[Run] | None = None) -> dict:
+    """{run name: iterations} as of each run's last successful report: results/campaign.json, or
+    for a run it does not list, the iterations its result file records (results/table1.json,
+    results/rl/<env>.json)."""
+    out = {}
+    try:
+        t1 = {r["config"]: r.get("iterations", 0) for r in json.loads((results / "table1.json").read_text())}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        t1 = {}
+    for run in queue or QUEUE:
+        if run.report[:1] == ("table1",) and run.config in t1:
+            out[run.name] = t1[run.config]
+        elif run.report[:1] == ("rl",):
+            try:
+                rl = json.loads((results / "rl" / f"{run.report[1]}.json").read_text())
+                out[run.name] = rl["runs"][run.report[2]]["iterations"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                pass
+    path = results / "campaign.json"
+    try:
+        out.update(json.loads(path.read_text())["reported_iterations"] if path.exists() else {})
+    except (json.JSONDecodeError, KeyError):
+        pass
+    return out
+
+
+def records_write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _hold(lock_path: Path, exclusive: bool) -> int | None:
+    """An flock on `lock_path` (shared: "in use"; exclusive: "nobody uses it"), or None if taken."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
 
 
 def snapshot(root: Path = ROOT) -> Path:
     """A clean git worktree of HEAD in .campaign/ (reused when it exists), with data/ linked: what
-    the workers run, so that editing this checkout cannot change them."""
+    the workers run, so that editing this checkout cannot change them. The campaign holds a shared
+    lock on its snapshot for as long as it runs; older snapshots are removed only when no campaign
+    holds them."""
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                          check=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "maml_tf",
@@ -380,13 +459,18 @@ def snapshot(root: Path = ROOT) -> Path:
         print("campaign: uncommitted changes to the code are not part of the run (it runs the last "
               f"commit, {sha[:10]}):\n{dirty}", file=sys.stderr)
     base = root / ".campaign"
+    base.mkdir(exist_ok=True)
     tree = base / sha[:12]
+    _HELD.append(_hold(base / f"{tree.name}.lock", exclusive=False))  # held until the process exits
+    for old in base.iterdir():  # earlier snapshots that no campaign uses any more
+        if old.is_dir() and old != tree:
+            fd = _hold(base / f"{old.name}.lock", exclusive=True)
+            if fd is not None:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
+                shutil.rmtree(old, ignore_errors=True)
+                os.close(fd)
+    subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
     if not (tree / ".git").exists():
-        base.mkdir(exist_ok=True)
-        for old in base.iterdir():  # earlier snapshots: no longer needed
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
-            shutil.rmtree(old, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=root, check=True,
                        capture_output=True)
     link = tree / "data"
@@ -394,6 +478,9 @@ def snapshot(root: Path = ROOT) -> Path:
         (root / "data").mkdir(exist_ok=True)
         link.symlink_to(root / "data")
     return tree
+
+
+_HELD: list = []
 
 
 def main(argv=None) -> int:

@@ -309,7 +309,7 @@ def _main(argv=None) -> int:
                "paper": {"maml": PAPER[args.env][0], "oracle": PAPER[args.env][1]}}
     summary["findings"] = findings(args.env, metrics, runs)
     out.mkdir(parents=True, exist_ok=True)
-    if records.same_results(path, summary):  # no result changed: the tracked files stay as they are
+    if records.same_results(path, summary) and (out / "table.md").exists():  # no result changed
         print(table(out))
         return 0
     write_reports(out, path, summary)

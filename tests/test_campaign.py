@@ -77,3 +77,41 @@ def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
     # every seed run has its own directory
     dirs = [r.run_dir(Path("results")) for r in campaign.QUEUE]
     assert len(set(dirs)) == len(dirs)
+
+
+def _fake_python(tmp_path: Path) -> str:
+    """A stand-in for the worker's interpreter: it 'trains' until SIGTERM, then exits 130."""
+    script = tmp_path / "fakepy"
+    script.write_text("#!/bin/sh\necho $$ >> " + str(tmp_path / "pids") + "\n"
+                      "trap 'exit 130' TERM\nwhile true; do sleep 0.1; done\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_worker_stopped_from_outside_is_not_restarted_and_a_stop_signals_each_worker_once(tmp_path):
+    import os
+    import signal
+    import time
+    runs_ = [campaign.Run(_config(tmp_path, f"r{i}", 100)) for i in range(2)]
+    c = campaign.Campaign(runs_, tmp_path / "results", hours=1, cores=1, report_minutes=0,
+                          python=_fake_python(tmp_path), logs=tmp_path / "logs", poll=0.1, min_minutes=0,
+                          log=lambda m: None)
+    import threading
+    t = threading.Thread(target=c.train)
+    t.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and not (tmp_path / "pids").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    first = int((tmp_path / "pids").read_text().split()[0])
+    os.kill(first, signal.SIGTERM)  # someone stops the worker by hand
+    while time.time() < deadline and len((tmp_path / "pids").read_text().split()) < 2:
+        time.sleep(0.05)
+    pids = (tmp_path / "pids").read_text().split()
+    assert len(pids) == 2, "the next run should have started"
+    assert runs_[0] in c.notes and "outside" in c.notes[runs_[0]]  # not restarted
+    c.stop()
+    c.stop()  # a second stop must not signal the worker again (that would abort it)
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert len(c.signalled) == 1

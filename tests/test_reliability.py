@@ -134,7 +134,11 @@ def test_a_missing_or_corrupt_dataset_is_one_error_line(tmp_path, capsys, monkey
         assert not (tmp_path / "run").exists()
 
 
-def test_sigkill_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stop_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(tmp_path, sig):
+    """SIGKILL loses the iterations since the last checkpoint (they are trained again); SIGTERM
+    saves a checkpoint between two log steps. Either way the resumed run's parameters and
+    metrics.jsonl are those of a run that never stopped."""
     cfg_path = _write(tmp_path / "c.yaml", json.dumps(
         {**SINUSOID, "train": {**SINUSOID["train"], "iterations": 300, "log_every": 10, "checkpoint_every": 50}}))
     cmd = lambda run: [sys.executable, "-m", "reproduce.train", cfg_path, "--run-dir", str(run), "--quiet",
@@ -149,10 +153,12 @@ def test_sigkill_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(
         if rows and json.loads(rows[-1])["step"] >= target:
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     index = (killed / "checkpoints" / "checkpoint").read_text()
-    assert "ckpt-300" not in index, "the run finished before it was killed"
+    assert "ckpt-300" not in index, "the run finished before it was stopped"
+    if sig == signal.SIGTERM:  # saved where it stopped, in general between two log steps
+        assert int(index.split('"')[1].rsplit("-", 1)[1]) >= target
     subprocess.run(cmd(killed), cwd=ROOT, check=True, capture_output=True)
     rows = lambda run: [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     a, b = rows(tmp_path / "straight"), rows(killed)
@@ -162,3 +168,41 @@ def test_sigkill_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(
     pa, pb = train.restore(cfg, tmp_path / "straight"), train.restore(cfg, killed)
     for k in pa.params:
         np.testing.assert_array_equal(pa.params[k].numpy(), pb.params[k].numpy())
+
+
+def test_the_stderr_filter_drops_tensorflow_noise_and_keeps_everything_else():
+    code = ("import os, sys, maml_tf\n"
+            "os.write(2, b'E0000 cuda_dnn.cc:8310] Unable to register cuDNN factory: twice\\n')\n"
+            "os.write(2, b'a C++ line that matters\\n')\n"
+            "print('error: a Python message', file=sys.stderr)\n"
+            "os.write(2, b'the last C++ line before exit\\n')\n"
+            "sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert "Unable to register" not in r.stderr
+    for line in ("a C++ line that matters", "error: a Python message", "the last C++ line before exit"):
+        assert line in r.stderr, r.stderr
+    closed = subprocess.run([sys.executable, "-c", "import maml_tf; print('ok')"], cwd=ROOT,
+                            stderr=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, timeout=60,
+                            preexec_fn=lambda: os.close(2))
+    assert closed.returncode == 0 and closed.stdout.strip() == "ok"
+
+
+def test_a_best_from_lost_iterations_is_forgotten_only_when_the_resume_changes_the_path(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best.json").write_text(json.dumps({"step": 25, "value": 0.5}))
+    runs.forget_lost_best(tmp_path, 20, {})  # a plain resume trains 21..25 again, identically
+    assert (tmp_path / "best.json").exists()
+    runs.forget_lost_best(tmp_path, 30, {"train.meta_lr": [1.0, 0.1]})  # best before the resume point
+    assert (tmp_path / "best.json").exists()
+    runs.forget_lost_best(tmp_path, 20, {"train.meta_lr": [1.0, 0.1]})
+    assert not (tmp_path / "best.json").exists() and not (tmp_path / "best").exists()
+
+
+def test_same_results_ignores_provenance_and_float_noise_but_not_counts(tmp_path):
+    from maml_tf import records
+    path = tmp_path / "r.json"
+    records.write_json(path, {"commit": "a", "iterations": 59000, "acc": 0.98765432, "x": float("nan")})
+    assert records.same_results(path, {"commit": "b", "iterations": 59000, "acc": 0.98765433, "x": float("nan")})
+    assert not records.same_results(path, {"commit": "a", "iterations": 59500, "acc": 0.98765432, "x": float("nan")})
+    assert not records.same_results(path, {"commit": "a", "iterations": 59000, "acc": 0.99, "x": float("nan")})

@@ -1,0 +1,44 @@
+"""Every checkpoint committed in results/ restores with its run's own config: what a fresh clone
+resumes and evaluates from."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from maml_tf import config, rl_train, train
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = sorted(p.parent.parent for p in (ROOT / "results").rglob("checkpoints/checkpoint"))
+
+
+def _index_step(folder: Path) -> int:
+    for line in (folder / "checkpoint").read_text().splitlines():
+        if line.startswith("model_checkpoint_path:"):
+            return int(line.split('"')[1].rsplit("-", 1)[1])
+    raise AssertionError(f"no checkpoint named in {folder}")
+
+
+def test_there_are_committed_runs():
+    assert len(RUNS) >= 20
+
+
+@pytest.mark.parametrize("run_dir", RUNS, ids=[str(r.relative_to(ROOT / "results")) for r in RUNS])
+def test_a_committed_checkpoint_restores(run_dir):
+    for f in (run_dir / "checkpoints").glob("ckpt-*.index"):  # the files the index names are there
+        assert f.with_suffix(".data-00000-of-00001").exists(), f
+    cfg = config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    step = _index_step(run_dir / "checkpoints")
+    if isinstance(cfg, config.RLConfig):
+        learner, done = rl_train.restore(cfg, run_dir, "latest")
+        assert done == step
+        if (run_dir / "best" / "checkpoint").exists():
+            rl_train.restore(cfg, run_dir, "best")
+    else:
+        learner = train.restore(cfg, run_dir, "latest")
+        assert int(learner.step.numpy()) == step
+        if (run_dir / "best" / "checkpoint").exists():
+            best = train.restore(cfg, run_dir, "best")
+            assert int(best.step.numpy()) == _index_step(run_dir / "best")
+    for k, v in learner.params.items():
+        assert np.all(np.isfinite(v.numpy())), k
