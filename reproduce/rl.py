@@ -161,12 +161,13 @@ def _plot_env(ax, s: dict, env: str) -> None:
     paper, oracle = PAPER[env]
     ax.plot(range(len(paper)), paper, "x", color="black", ms=7, mew=2, label="paper, MAML")
     ax.axhline(oracle, color="black", lw=0.8, ls=":", label="paper, oracle")
+    lo, hi = ax.get_ylim()  # room above the paper's oracle line, which otherwise sits on the edge
+    ax.set_ylim(lo, max(hi, oracle + 0.06 * (max(hi, oracle) - lo)))
     partial = any(r["status"] != "full" for r in s["runs"].values())
-    ax.set_title(TITLES[env] + (" (PARTIAL)" if partial else ""), fontsize=9)
+    ax.set_title(TITLES[env] + (" (PARTIAL)" if partial else ""), fontsize=10)
     ax.set_xticks(range(max(len(m["returns"]) for m in s["metrics"].values())))
     ax.set_xlabel("number of gradient steps")
     ax.set_ylabel("average return")
-    ax.legend(fontsize=6)
 
 
 def figures(results_dir: Path) -> list[Path]:
@@ -185,8 +186,13 @@ def figures(results_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(envs), figsize=(4.6 * len(envs) + 0.4, 3.8), squeeze=False)
         for ax, env in zip(axes[0], envs):
             _plot_env(ax, data[env], env)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
+        handles = {l: h for ax in axes[0] for h, l in zip(*ax.get_legend_handles_labels())}
+        ncol = min(len(handles), 7 if len(envs) > 1 else 3)
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol,
+                   fontsize=9, frameon=False)  # one legend below the panels: it covers no data
+        fig.suptitle(title, fontsize=10)
+        rows = -(-len(handles) // ncol)
+        fig.tight_layout(rect=(0, (0.1 + 0.22 * rows) / fig.get_size_inches()[1], 1, 1))
         fig.savefig(results_dir / name, dpi=110)
         plt.close(fig)
         written.append(results_dir / name)
