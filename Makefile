@@ -2,6 +2,10 @@
 # Budgets default to the paper's; ITERATIONS=N trains less (results are then labelled partial).
 PY ?= .venv/bin/python
 ITERATIONS ?=
+# make sinusoid / table1 / rl-* evaluate the committed runs (minutes); TRAIN=1 trains (or resumes)
+# them to their budget first, printing the hours each still needs before it starts
+TRAIN ?=
+evalonly = $(if $(TRAIN),,--eval-only)
 OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
@@ -29,9 +33,9 @@ test: setup
 bench: setup
 	$(PY) -m reproduce.bench
 
-## sinusoid: train (or resume) MAML, pretrained and oracle; regenerate results/sinusoid/
+## sinusoid: evaluate MAML, pretrained and oracle, regenerate results/sinusoid/ (TRAIN=1: train first)
 sinusoid: setup
-	$(PY) -m reproduce.sinusoid $(iters)
+	$(PY) -m reproduce.sinusoid $(iters) $(evalonly)
 
 ## data: download (or copy from OMNIGLOT_SOURCE), verify and preprocess the datasets into data/
 data: data-omniglot data-miniimagenet
@@ -48,30 +52,30 @@ data-miniimagenet-if-available: setup
 		$(MAKE) --no-print-directory data-miniimagenet; \
 	else echo "note: no MiniImagenet images (../shared/data/miniimagenet/images.tar.xz or MINIIMAGENET_IMAGES=...): its cells are reported as not run"; fi
 
-## table1: train (or resume) every cell of Table 1 to ITERATIONS (default the paper's 60,000),
-## evaluate the meta-validation checkpoint on 600 test tasks -> results/table1.{md,json}.
-## TABLE1_ARGS="--eval-only" evaluates what is trained; "--cells omniglot_5w1s_conv" picks cells.
+## table1: evaluate every cell of Table 1 (the checkpoint picked by meta-validation, 600 test tasks)
+## -> results/table1.{md,json}; TRAIN=1 first trains (or resumes) each cell to ITERATIONS (default
+## the paper's 60,000); TABLE1_ARGS="--cells omniglot_5w1s_conv" picks cells.
 TABLE1_ARGS ?=
 table1: setup data-omniglot data-miniimagenet-if-available
-	$(PY) -m reproduce.table1 $(iters) $(TABLE1_ARGS)
+	$(PY) -m reproduce.table1 $(iters) $(evalonly) $(TABLE1_ARGS)
 
 ## appendix: Appendix C baselines -> results/appendix/ (table2: multi-task parameter averaging)
 appendix: appendix-table2
 appendix-table2: setup
 	$(PY) -m reproduce.appendix table2
 
-## rl: train (or resume) MAML-TRPO and the baselines on every RL task; regenerate results/rl/
+## rl: evaluate MAML-TRPO and the baselines on every RL task, regenerate results/rl/ (TRAIN=1: train first)
 rl: rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir
 rl-point: setup
-	$(PY) -m reproduce.rl point $(iters)
+	$(PY) -m reproduce.rl point $(iters) $(evalonly)
 rl-cheetah-vel: setup
-	$(PY) -m reproduce.rl cheetah_vel $(iters)
+	$(PY) -m reproduce.rl cheetah_vel $(iters) $(evalonly)
 rl-cheetah-dir: setup
-	$(PY) -m reproduce.rl cheetah_dir $(iters)
+	$(PY) -m reproduce.rl cheetah_dir $(iters) $(evalonly)
 rl-ant-vel: setup
-	$(PY) -m reproduce.rl ant_vel $(iters)
+	$(PY) -m reproduce.rl ant_vel $(iters) $(evalonly)
 rl-ant-dir: setup
-	$(PY) -m reproduce.rl ant_dir $(iters)
+	$(PY) -m reproduce.rl ant_dir $(iters) $(evalonly)
 
 ## campaign: train the queue of unfinished runs (reproduce/campaign.py) for HOURS on CORES cores,
 ## one run per core, stop them cleanly, evaluate what moved -> results/campaign.md and the tables

@@ -198,6 +198,20 @@ def seconds_per_iteration(run_dir: Path) -> tuple[float | None, int]:
     return (statistics.median(times) if times else None), cores
 
 
+def estimate(run_dir: Path, budget: int) -> str:
+    """Where a run stands and, at its last measured speed, how long the rest takes: printed by
+    the entry points before they train."""
+    done = done_iterations(run_dir)
+    if done >= budget:
+        return f"{run_dir}: trained ({done} of {budget} iterations)"
+    sec, cores = seconds_per_iteration(run_dir)
+    if sec is None:
+        return f"{run_dir}: {done} of {budget} iterations; speed not measured yet"
+    hours = (budget - done) * sec / 3600
+    return (f"{run_dir}: {done} of {budget} iterations; about {hours:.1f} hours left at its last measured "
+            f"speed ({sec:.3g} s per iteration on {cores or 'all'} core{'s' if cores != 1 else ''})")
+
+
 def status_rows(queue: list[Run], results: Path, running: dict | None = None,
                 notes: dict | None = None) -> list[dict]:
     rows = []

@@ -58,7 +58,9 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
                                 f"{name}` without --eval-only to train it")
     else:
         if not args.quiet:
-            print(f"== {env}/{name}", file=sys.stderr)
+            from reproduce import campaign
+            print(f"== {env}/{name}: " + campaign.estimate(run_dir, 0 if name == "random" else cfg.train.iterations),
+                  file=sys.stderr)
         rl_train.train(cfg, run_dir, quiet=args.quiet)
     learner, evaluated = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
     if not args.quiet:

@@ -69,7 +69,8 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     has_checkpoint = (run_dir / "checkpoints" / "checkpoint").exists()
     if eval_only and not has_checkpoint:
         where = run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir
-        row["note"] = f"no checkpoint in {where}: run `make table1` without --eval-only to train it"
+        row["note"] = (f"no checkpoint in {where}: train it with `make table1 TRAIN=1 TABLE1_ARGS=--cells "
+                       f"{cell.name}` or `make campaign`")
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
@@ -177,8 +178,8 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     p = common.parser(__doc__)
-    p.add_argument("--cells", default=None, help="comma-separated cell names (default: all); e.g. "
-                   + ", ".join(c.name for c in CELLS[:3]))
+    p.add_argument("--cells", default=None, help="comma-separated cell names (default: all): "
+                   + ", ".join(c.name for c in CELLS))
     p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, train nothing")
     args = common.parse(p, argv)
     wanted = set(args.cells.split(",")) if args.cells else None
@@ -186,6 +187,12 @@ def _main(argv=None) -> int:
     if unknown:
         print(f"error: unknown cell(s) {sorted(unknown)}; known: {[c.name for c in CELLS]}", file=sys.stderr)
         return 2
+    if not args.eval_only:  # what training will cost, before any of it starts
+        from reproduce import campaign
+        for cell in CELLS:
+            if wanted is None or cell.name in wanted:
+                cfg = common.load(cell.config, args.iterations)
+                print(campaign.estimate(common.run_dir(cfg, args.results), cfg.train.iterations), file=sys.stderr)
     out_json = args.results / "table1.json"
     previous = {(r["dataset"], r["way"], r["shot"], r["model"], r["order"]): r
                 for r in (json.loads(out_json.read_text()) if out_json.exists() else [])}
