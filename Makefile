@@ -10,7 +10,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: help setup test bench appendix appendix-table2 campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: help setup test bench report appendix appendix-table2 campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
 
 ## help: this list of targets
 help:
@@ -76,6 +76,10 @@ rl-ant-vel: setup
 	$(PY) -m reproduce.rl ant_vel $(iters) $(evalonly)
 rl-ant-dir: setup
 	$(PY) -m reproduce.rl ant_dir $(iters) $(evalonly)
+
+## report: every table regenerated from the committed results, one page: results/README.md (seconds)
+report: setup
+	$(PY) -m reproduce.report
 
 ## campaign: train the queue of unfinished runs (reproduce/campaign.py) for HOURS on CORES cores,
 ## one run per core, stop them cleanly, evaluate what moved -> results/campaign.md and the tables
