@@ -64,7 +64,10 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-PROVENANCE_KEYS = ("commit", "written", "machine", "wall_time_s", "host")
+# provenance (which commit evaluated a result, when, where) and what is derived from the results
+# with noise of its own: the findings' text, and the returns of the step sizes a baseline's tuning
+# rejected (some of them diverge, and a diverging rollout amplifies float rounding)
+PROVENANCE_KEYS = ("commit", "written", "machine", "wall_time_s", "host", "findings", "alpha_search")
 
 
 def _same(a, b, ignore) -> bool:
