@@ -38,7 +38,7 @@ sinusoid: setup
 	$(PY) -m reproduce.sinusoid $(iters) $(evalonly)
 
 ## data: download (or copy from OMNIGLOT_SOURCE), verify and preprocess the datasets into data/
-data: data-omniglot data-miniimagenet
+data: data-omniglot data-miniimagenet-if-available
 data-omniglot: setup
 	$(PY) -m data_prep.omniglot $(if $(OMNIGLOT_SOURCE),--source $(OMNIGLOT_SOURCE)) --out data/omniglot
 ## data-miniimagenet: from ../shared/data/miniimagenet/images.tar.xz (sha256 checked) when it is there;

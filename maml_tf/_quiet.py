@@ -34,6 +34,16 @@ NOISE = re.compile("|".join([
 ]))
 
 _installed = False
+_restore = None
+
+
+def uninstall() -> None:
+    """Back to TensorFlow's full output (an entry point's --verbose): from now on, every line."""
+    global _restore
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    if _restore is not None:
+        _restore()
+        _restore = None
 
 
 def install() -> None:
@@ -92,3 +102,5 @@ def install() -> None:
         thread.join(timeout=2.0)
 
     atexit.register(restore)
+    global _restore
+    _restore = restore

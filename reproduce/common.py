@@ -60,7 +60,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.meta_batch=16")
     p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and results go")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (errors are still printed)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's own log lines, which are filtered out by default")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU cores to use (default 0: all). Without a GPU, train.distribute: mirrored "
                         "(the classification configs) runs one single-threaded replica of the "
@@ -79,6 +81,9 @@ def parse(p: argparse.ArgumentParser, argv=None, replicas: bool | None = True) -
     entry point that only knows once it has read its config passes replicas=None and calls
     use_cores itself."""
     args = p.parse_args(argv)
+    if args.verbose:
+        from maml_tf import _quiet
+        _quiet.uninstall()
     if replicas is not None:
         use_cores(args.threads, replicas)
     return args
