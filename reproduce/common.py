@@ -98,7 +98,6 @@ def guard(body) -> int:
     """Run an entry point's `body()`: bad input, a missing or corrupt dataset, an unwritable or
     full disk and a stop by signal end in one `error:` (or `stopped:`) line and an exit code
     (2, or 130 for a signal) instead of a traceback. What was written before stays."""
-    import tensorflow as tf
     from maml_tf import tasks
     from maml_tf.runs import TrainingError
     try:
@@ -119,14 +118,15 @@ def guard(body) -> int:
         print(f"error: cannot write or read{where}: {e.strerror or e}. Make room on the disk or make the "
               f"folder writable (or use --results / --run-dir elsewhere), then run the same command again; "
               f"what was written before is kept.", file=sys.stderr)
-    except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.DataLossError) as e:
+    except Exception as e:  # TensorFlow's file errors (TensorFlow is imported only if the body did)
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.OpError):
+            raise
+        if not isinstance(e, (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
+                              tf.errors.DataLossError)) \
+                and not any(s in e.message for s in ("No space left", "Read-only", "Permission denied")):
+            raise
         print(f"error: TensorFlow could not write or read a file ({type(e).__name__}: {e.message}). Make "
               f"room on the disk or make the folder writable, then run the same command again; the last "
               f"complete checkpoint is kept.", file=sys.stderr)
-    except tf.errors.OpError as e:
-        if not any(s in e.message for s in ("No space left", "Read-only", "Permission denied")):
-            raise
-        print(f"error: TensorFlow could not write a file ({e.message}). Make room on the disk or make the "
-              f"folder writable, then run the same command again; the last complete checkpoint is kept.",
-              file=sys.stderr)
     return 2

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from maml_tf import records
-from maml_tf import rl_train
 from maml_tf.config import ConfigError
 from maml_tf.runs import TrainingError
 from reproduce import common
@@ -47,6 +46,7 @@ def methods_of(env: str) -> tuple[str, ...]:
 
 
 def run_method(env: str, name: str, args) -> tuple[dict, dict]:
+    from maml_tf import rl_train  # here: --help answers without TensorFlow
     """Train (or resume) one method, evaluate it; (metrics, run record)."""
     cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"  # a path: names like maml_alpha0.5 have a dot
     cfg = common.load(cfg_name, None if name == "random" else args.iterations, args.set)
@@ -208,7 +208,7 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from maml_tf import maml, rl
+    from maml_tf import maml, rl, rl_train
     names = [n for n in ("maml", "pretrained") if n in metrics]
     if not names:
         return None

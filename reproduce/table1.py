@@ -15,9 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from maml_tf import evaluate, records, runs, tasks
-from maml_tf import train as train_lib
+from maml_tf import records, runs
 from maml_tf.config import ConfigError
+from maml_tf.runs import TrainingError
 from reproduce import common
 
 PAPER_ITERATIONS = 60000
@@ -55,6 +55,8 @@ CELLS = [
 
 
 def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool) -> dict:
+    from maml_tf import evaluate, tasks  # here: --help answers without TensorFlow
+    from maml_tf import train as train_lib
     row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
            "order": cell.order, "accuracy": None, "ci95": None, "paper_accuracy": cell.paper_accuracy,
            "paper_ci95": cell.paper_ci95, "iterations": 0, "paper_iterations": PAPER_ITERATIONS,
@@ -210,7 +212,7 @@ def _main(argv=None) -> int:
             if not args.quiet:
                 print(f"== {cell.name}", file=sys.stderr)
             rows.append(run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet))
-    except (ConfigError, train_lib.TrainingError) as e:
+    except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     first_vs_second_order(rows, args.results)
