@@ -37,15 +37,23 @@ def summarize(per_task: np.ndarray) -> dict:
 _compiled = {}
 
 
-def evaluate(model: Model, params: dict, source, loss_fn, metric_fn, steps: int, alpha,
-             n_tasks: int = 600, seed: int = 12345, batch: int = 50, xla: bool = True) -> dict:
-    """Metric of each of `n_tasks` fixed test tasks after 0..steps inner steps of size `alpha`."""
+def compiled_steps(model: Model, loss_fn, metric_fn, steps: int, xla: bool | None = None):
+    """The compiled `maml.evaluate_steps` that `evaluate` runs on each batch of tasks, with XLA
+    when `xla` (default: as the model prefers, `Model.xla`); one per setting, reused."""
+    xla = model.xla if xla is None else xla
     key = (model, loss_fn, metric_fn, steps, xla)
     if key not in _compiled:
         _compiled[key] = tf.function(
             lambda p, b, a: maml.evaluate_steps(model, p, b, loss_fn, metric_fn, steps, a),
             jit_compile=xla)
-    fn = _compiled[key]
+    return _compiled[key]
+
+
+def evaluate(model: Model, params: dict, source, loss_fn, metric_fn, steps: int, alpha,
+             n_tasks: int = 600, seed: int = 12345, batch: int = 50, xla: bool | None = None) -> dict:
+    """Metric of each of `n_tasks` fixed test tasks after 0..steps inner steps of size `alpha`,
+    compiled with XLA when `xla` (default: as the model prefers, `Model.xla`)."""
+    fn = compiled_steps(model, loss_fn, metric_fn, steps, xla)
     params = {k: tf.convert_to_tensor(v) for k, v in params.items()}
     a = {k: tf.convert_to_tensor(v) for k, v in alpha.items()} if isinstance(alpha, dict) \
         else tf.constant(alpha, tf.float32)

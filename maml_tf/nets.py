@@ -1,13 +1,15 @@
 """The networks of the paper as pure functions of an explicit parameter structure.
 
-A model is a `Model(init, apply, frozen)`:
+A model is a `Model(init, apply, frozen, xla)`:
   * `init(seed) -> params`, a flat dict name -> tf.Tensor (plain structure, no Keras layers);
   * `apply(params, x) -> output`, a pure function. `x` always carries a leading task axis,
     [tasks, examples, ...]. Each parameter either is shared by all tasks (its natural shape) or
     has one copy per task (a leading task axis). Per-task copies are what the inner loop of MAML
     produces, and they turn every layer into a single batched matmul over tasks (convolutions too,
     written as patches @ kernel), so one compiled step serves the whole task batch;
-  * `frozen`: the names that the inner loop never changes (the batch-norm offsets).
+  * `frozen`: the names that the inner loop never changes (the batch-norm offsets);
+  * `xla`: whether the model is meant to run under XLA (`jit_compile`); False for the per-task
+    conv4 (`impl="per_task"`), whose oneDNN kernels XLA would replace (evaluation follows it).
 
 Batch norm follows the official code: it always normalises with the statistics of the batch at hand,
 computed per task and per pass (support and query separately); there are no moving averages and no
@@ -21,12 +23,19 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 BN_EPSILON = 1e-3
+# conv4(impl="per_task"): up to LOOP_MAX_TASKS tasks are a Python loop (one graph per task: a
+# replica's share of the meta-batch, an evaluation batch of 4); more a tf.map_fn running
+# MAP_PARALLEL_TASKS at a time (one graph for all: 27 s to compile 10 steps against 93 s for a
+# loop over 20 tasks, but 28% slower per task)
+LOOP_MAX_TASKS = 4
+MAP_PARALLEL_TASKS = 2
 
 
 class Model(NamedTuple):
     init: Callable[[int], dict]
     apply: Callable[[dict, tf.Tensor], tf.Tensor]
     frozen: frozenset = frozenset()
+    xla: bool = True
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -136,6 +145,17 @@ def max_pool2(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y, [t, n, h // 2, w // 2, c])
 
 
+def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """`batch_norm` of one task's activations x [N, H, W, C] (statistics over N, H, W), the same
+    formula. Not TensorFlow's fused kernel (FusedBatchNormV3, 30% faster in the MiniImagenet
+    step): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
+    gradient, moves the meta-gradient by 5-9% after one inner step, against 1e-5 here (README,
+    Benchmark); nor has it a float64 kernel for the finite-difference tests."""
+    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + offset
+
+
 # ----------------------------------------------------------------------------- initialisers
 
 def _glorot_uniform(shape, fan_in: int, fan_out: int, seed) -> tf.Tensor:
@@ -190,12 +210,24 @@ def mlp(sizes: list[int], batch_norm_hidden: bool = False, out_std: float = 0.01
 
 
 def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bool,
-          activation: str = "relu") -> Model:
+          activation: str = "relu", impl: str = "batched") -> Model:
     """Four [3x3 conv, batch norm, ReLU] blocks and a linear classifier.
 
     Omniglot form: 64 filters, stride-2 convs, then the mean over the spatial dims; output layer
     normal(0, 1) (official). MiniImagenet form: 32 filters, stride-1 convs each followed by a 2x2
-    max-pool, flattened; output layer Glorot uniform. Conv kernels Glorot uniform ("Xavier")."""
+    max-pool, flattened; output layer Glorot uniform. Conv kernels Glorot uniform ("Xavier").
+
+    `impl` chooses how the tasks are batched (the function computed is the same):
+      * "batched": every layer one operation over all tasks (convolutions as patches @ kernel),
+        for one XLA program per step; fastest for Omniglot's small images and large meta-batch;
+      * "per_task": a loop over the (few) tasks of the batch, each task's network written with
+        TensorFlow's own kernels (oneDNN `conv2d` and its backprops, `max_pool2d`), to run
+        without XLA (`train.xla: false`): MiniImagenet's meta-step is about 2.8x faster so
+        (README, Benchmark). Up to LOOP_MAX_TASKS tasks (a replica's share of the meta-batch, the
+        MiniImagenet configs' evaluation batch) are a Python loop; more a `tf.map_fn`, whose
+        compile time does not grow with the tasks but which runs about a quarter slower."""
+    if impl not in ("batched", "per_task"):
+        raise ValueError(f"conv4 impl must be 'batched' or 'per_task', got {impl!r}")
     act, size = ACTIVATIONS[activation], image_size
     for _ in range(4):
         size = size // 2 if max_pool else -(-size // 2)
@@ -229,7 +261,40 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
             h = tf.reduce_mean(h, axis=[2, 3])
         return dense(h, params["w5"], params["b5"])
 
-    return Model(init, apply, frozenset(f"bn{i}" for i in range(1, 5)))
+    stride = 1 if max_pool else 2
+    ranks = {"w5": 2, **{f"conv{i}": 4 for i in range(1, 5)}}   # the others are vectors
+
+    def one_task(p: dict, h: tf.Tensor) -> tf.Tensor:
+        """One task's logits [N, n_out] from its images h [N, H, W, C] and parameters p."""
+        for i in range(1, 5):
+            h = tf.nn.bias_add(tf.nn.conv2d(h, p[f"conv{i}"], stride, "SAME"), p[f"b{i}"])
+            h = act(batch_norm_one_task(h, p[f"bn{i}"]))
+            if max_pool:
+                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+        h = tf.reshape(h, [-1, n_features]) if max_pool else tf.reduce_mean(h, axis=[1, 2])
+        return tf.matmul(h, p["w5"]) + p["b5"]
+
+    def apply_per_task(params: dict, x: tf.Tensor) -> tf.Tensor:
+        x = tf.reshape(x, [tf.shape(x)[0], -1, image_size, image_size, channels])
+        own = {k for k, v in params.items() if _per_task(v, ranks.get(k, 1))}
+        n_tasks = x.shape[0]
+        if n_tasks is not None and n_tasks <= LOOP_MAX_TASKS:
+            # a Python loop: the tasks' ops are independent (TF runs them side by side on its
+            # inter-op threads); per-task copies unstacked (their gradient is one stack)
+            views = {k: tf.unstack(v) if k in own else [v] * n_tasks for k, v in params.items()}
+            return tf.stack([one_task({k: views[k][t] for k in params}, h)
+                             for t, h in enumerate(tf.unstack(x))])
+        # many tasks (evaluation batches): a map over tasks keeps the graph, and its tracing and
+        # optimisation time, independent of the number of tasks
+        shared = {k: v for k, v in params.items() if k not in own}
+        return tf.map_fn(lambda e: one_task({**shared, **e[1]}, e[0]), (x, {k: params[k] for k in own}),
+                         fn_output_signature=tf.TensorSpec([None, n_out], x.dtype),
+                         parallel_iterations=MAP_PARALLEL_TASKS)
+
+    frozen = frozenset(f"bn{i}" for i in range(1, 5))
+    if impl == "per_task":
+        return Model(init, apply_per_task, frozen, xla=False)
+    return Model(init, apply, frozen)
 
 
 BUILDERS = {"mlp": mlp, "conv4": conv4}

@@ -3,12 +3,17 @@ its FLOP count, and the ratio of the measured time to the time that FLOP count t
 machine's measured float32 matrix-multiply rate. Written to results/bench/latest.json.
 
 The FLOP count is read off the traced graph of the meta-step (forward, inner gradients, outer
-gradients): every matrix multiplication (MatMul, BatchMatMul, Einsum) and convolution, 2 FLOPs per
-multiply-add. Elementwise work (batch norm, ReLU, Adam) is not counted: the floor is the time the
-matrix work alone would take at the machine's best matmul rate.
+gradients): every matrix multiplication (MatMul, BatchMatMul, Einsum) and convolution (Conv2D and
+its two backprops, SAME padding counted as full 3x3 windows, as the patches of the batched form
+are), 2 FLOPs per multiply-add. Elementwise work (batch norm, ReLU, max-pool, Adam) is not
+counted: the floor is the time the matrix work alone would take at the machine's best matmul rate.
 
 The meta-step runs as training runs it: on a machine without GPU, one single-threaded replica of
-the task batch per core (train.use_cpu_cores) for the configs with train.distribute: mirrored.
+the task batch per core (train.use_cpu_cores) for the configs with train.distribute: mirrored, with
+or without XLA as the config's train.xla says. The evaluation rows time one batch of test tasks
+(eval.batch tasks, eval.steps inner steps) as `evaluate.evaluate` runs it. Settings whose step
+takes over half a second are timed 10 times at most; the first call (tracing and compilation) is
+reported as the compile time.
 
     python -m reproduce.bench [--repeats 30] [--threads N] [--out results/bench/latest.json]
 """
@@ -23,7 +28,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import config, records, tasks, train
+from maml_tf import config, evaluate, nets, records, tasks, train
 from reproduce import common
 
 
@@ -87,9 +92,13 @@ def op_flops(op) -> int:
                 for c, d in zip(letters, _dims(x.shape)):
                     sizes[c] = d
             return int(2 * np.prod(list(sizes.values())))
-        if t == "Conv2D":  # (the nets write convolutions as matmuls; kept for other models)
+        if t == "Conv2D":  # (the per-task conv4 of MiniImagenet; the batched nets use matmuls)
             kh, kw, cin, _ = _dims(op.inputs[1].shape)
             return int(2 * np.prod(_dims(op.outputs[0].shape)) * kh * kw * cin)
+        if t in ("Conv2DBackpropInput", "Conv2DBackpropFilter"):  # (filter, dy) or (x, sizes, dy)
+            kernel = op.inputs[1] if t == "Conv2DBackpropInput" else op.outputs[0]
+            kh, kw, cin, _ = _dims(kernel.shape)
+            return int(2 * np.prod(_dims(op.inputs[2].shape)) * kh * kw * cin)
     except (ValueError, TypeError):
         return 0  # unknown static shape: not counted
     return 0
@@ -105,16 +114,48 @@ SETTINGS = {
     "sinusoid_first_order": ("sinusoid/maml", {"train.first_order": True}),
     "omniglot_5w1s_conv_second_order": ("omniglot/conv_5w1s", {}),
     "omniglot_5w1s_conv_first_order": ("omniglot/conv_5w1s", {"train.first_order": True}),
+    "miniimagenet_5w1s_second_order": ("miniimagenet/conv_5w1s", {}),
+    "miniimagenet_5w1s_first_order": ("miniimagenet/conv_5w1s_first_order", {}),
+    "miniimagenet_5w5s_second_order": ("miniimagenet/conv_5w5s", {}),
 }
 
+# Evaluation as `reproduce.table1` and meta-validation run it: one batch of eval.batch test tasks
+# adapted for eval.steps steps (every step's metric), eval.task's query size.
+EVAL_SETTINGS = {
+    "miniimagenet_5w1s_eval": ("miniimagenet/conv_5w1s", {}),
+}
 
-def synthetic_source(cfg):
-    """The task shapes of the config, with random images: the benchmark needs no dataset."""
-    if cfg.task["kind"] == "sinusoid":
-        return tasks.build(cfg.task)
-    t = cfg.task
-    images = np.random.default_rng(0).random((100, 20, 28, 28, 1)).astype(np.float32)
+SLOW_STEP_S = 0.5     # settings whose step takes longer are timed MAX_SLOW_REPEATS times at most
+MAX_SLOW_REPEATS = 10
+
+
+def synthetic_source(cfg, task: dict | None = None):
+    """The task shapes of the config (or of `task`), with random images: the benchmark needs no
+    dataset. MiniImagenet: 84x84x3 bytes scaled by 1/255 as the real data; Omniglot: 28x28x1."""
+    t = task or cfg.task
+    if t["kind"] == "sinusoid":
+        return tasks.build(t)
+    rng = np.random.default_rng(0)
+    if t["kind"] == "miniimagenet":
+        images = rng.integers(0, 256, size=(20, 20, 84, 84, 3), dtype=np.uint8)
+        return tasks.FewShot(images, t["way"], t["shot"], t["query"], rotate=False, scale=1.0 / 255.0)
+    images = rng.random((100, 20, 28, 28, 1)).astype(np.float32)
     return tasks.FewShot(images, t["way"], t["shot"], t["query"], rotate=True)
+
+
+def _time(fn, repeats: int) -> tuple[float, list[float], int]:
+    """(first call's seconds, i.e. tracing and compilation, the timed calls' seconds, repeats)."""
+    t0 = time.perf_counter()
+    fn()
+    compile_s = time.perf_counter() - t0
+    times = []
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if times[0] > SLOW_STEP_S:
+            repeats = min(repeats, MAX_SLOW_REPEATS)
+    return compile_s, times, repeats
 
 
 def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate: float) -> dict:
@@ -125,19 +166,38 @@ def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate:
     batch = {k: tf.constant(v) for k, v in train._model_batch(
         source.sample(np.random.default_rng(0), cfg.train.meta_batch)).items()}
     shares = train.split_across_replicas(strategy, batch)
-    t0 = time.perf_counter()
-    learner.train_step(shares).numpy()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        learner.train_step(shares).numpy()
-        times.append(time.perf_counter() - t0)
+    compile_s, times, repeats = _time(lambda: learner.train_step(shares).numpy(), repeats)
     flops = graph_flops(learner.meta_gradient_graph(batch))  # the whole task batch
     sec = float(np.median(times))
     floor = flops / rate
     return {"name": name, "config": cfg_name, "overrides": overrides, "meta_batch": cfg.train.meta_batch,
-            "replicas": strategy.num_replicas_in_sync, "seconds_per_iteration": sec,
+            "replicas": strategy.num_replicas_in_sync, "xla": cfg.train.xla,
+            "seconds_per_iteration": sec,
+            "flops_per_iteration": flops, "floor_seconds": floor,
+            "ratio_to_floor": sec / floor if floor else None, "compile_seconds": compile_s,
+            "repeats": repeats}
+
+
+def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: float) -> dict:
+    """Seconds per batch of test tasks (eval.batch tasks, eval.steps inner steps, the metric after
+    every step) with the compiled function `evaluate.evaluate` runs, on the default device as
+    evaluation runs (no replicas); `seconds_per_iteration` is per batch, `tasks_per_second` too."""
+    cfg = common.load(cfg_name, sets=[f"{k}={v}" for k, v in overrides.items()])
+    model = nets.build(cfg.model)
+    loss_fn, metric_fn, _, _ = train.objective(cfg)
+    fn = evaluate.compiled_steps(model, loss_fn, metric_fn, cfg.eval.steps)
+    source = synthetic_source(cfg, {**cfg.task, **cfg.eval.task})
+    batch = {k: tf.constant(v) for k, v in train._model_batch(
+        source.sample(np.random.default_rng(0), cfg.eval.batch)).items()}
+    params = model.init(cfg.seed)
+    alpha = tf.constant(cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr, tf.float32)
+    compile_s, times, repeats = _time(lambda: fn(params, batch, alpha).numpy(), repeats)
+    flops = graph_flops(fn.get_concrete_function(params, batch, alpha).graph)
+    sec = float(np.median(times))
+    floor = flops / rate
+    return {"name": name, "config": cfg_name, "overrides": overrides, "eval_batch": cfg.eval.batch,
+            "eval_steps": cfg.eval.steps, "replicas": 1, "xla": model.xla,
+            "seconds_per_iteration": sec, "tasks_per_second": cfg.eval.batch / sec,
             "flops_per_iteration": flops, "floor_seconds": floor,
             "ratio_to_floor": sec / floor if floor else None, "compile_seconds": compile_s,
             "repeats": repeats}
@@ -159,6 +219,8 @@ def main(argv=None) -> int:
     common.use_cores(args.threads, replicas=True)  # as the training entry points run
     rows = [bench_setting(n, c, o, args.repeats, rate) for n, (c, o) in SETTINGS.items()
             if args.only is None or args.only in n]
+    rows += [bench_eval(n, c, o, args.repeats, rate) for n, (c, o) in EVAL_SETTINGS.items()
+             if args.only is None or args.only in n]
     extra = []
     try:
         from reproduce import bench_rl
@@ -173,8 +235,9 @@ def main(argv=None) -> int:
     print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s (float32); load average {load[0]:.2f}")
     print(f"{'setting':36s} {'s/iter':>9s} {'GFLOP/iter':>11s} {'floor s':>9s} {'ratio':>6s} {'compile s':>9s}")
     for r in rows:
+        tasks_s = f"  {r['tasks_per_second']:.1f} test tasks/s" if "tasks_per_second" in r else ""
         print(f"{r['name']:36s} {r['seconds_per_iteration']:9.4f} {r['flops_per_iteration'] / 1e9:11.3f} "
-              f"{r['floor_seconds']:9.4f} {r['ratio_to_floor']:6.2f} {r['compile_seconds']:9.1f}")
+              f"{r['floor_seconds']:9.4f} {r['ratio_to_floor']:6.2f} {r['compile_seconds']:9.1f}{tasks_s}")
     for r in extra:
         print(f"{r['name']:36s} {r['env_steps_per_second']:12.0f} env steps/s")
     return 0

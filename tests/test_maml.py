@@ -39,6 +39,9 @@ MODELS = {
     "mlp_bn_relu": (nets.mlp([4, 8, 6, 2], batch_norm_hidden=True, out_std=0.5), "regression"),
     "conv_stride": (nets.conv4(3, 1, 4, 8, max_pool=False, activation="softplus"), "classification"),
     "conv_pool": (nets.conv4(3, 1, 4, 16, max_pool=True, activation="softplus"), "classification"),
+    # MiniImagenet's form, tasks looped over tf.nn.conv2d / max_pool2d (stride 1, SAME padding)
+    "conv_pool_per_task": (nets.conv4(3, 1, 4, 16, max_pool=True, activation="softplus", impl="per_task"),
+                           "classification"),
 }
 
 
@@ -50,7 +53,7 @@ def test_second_order_meta_gradient_matches_finite_differences(name):
     if kind == "regression":
         batch, loss_fn, alpha = _regression_batch(rng), maml.mse, 0.05
     else:
-        size = 16 if name == "conv_pool" else 8
+        size = 16 if name.startswith("conv_pool") else 8
         batch, loss_fn, alpha = _classification_batch(rng, size=size), maml.cross_entropy(1), 0.1
     steps = 2
     loss_of = lambda p: maml.meta_loss(model, p, batch, loss_fn, steps, alpha)
@@ -118,3 +121,35 @@ def test_official_cross_entropy_scaling():
     # summed over examples and divided by K: N times the mean
     np.testing.assert_allclose(maml.cross_entropy(2)(logits, y).numpy(),
                                5 * tf.reduce_mean(xent, axis=1).numpy(), rtol=1e-6)
+
+
+def _blocky_batch(rng, tasks=2, way=3, size=24, block=6, channels=3):
+    """Images constant on block x block squares: wherever a 3x3 window lies inside one square the
+    first convolution's outputs are equal for every parameter value, so 2x2 max-pool windows hold
+    exact ties that stay ties along any direction in parameter space."""
+    def mk():
+        coarse = rng.uniform(size=(tasks, way, size // block, size // block, channels))
+        return tf.constant(np.repeat(np.repeat(coarse, block, axis=2), block, axis=3), tf.float64)
+    y = tf.constant(np.tile(np.arange(way), (tasks, 1)), tf.int32)
+    return {"xs": mk(), "ys": y, "xq": mk(), "yq": y}
+
+
+@pytest.mark.parametrize("impl", ["batched", "per_task"])
+def test_second_order_meta_gradient_with_max_pool_ties(impl):
+    """MiniImagenet-like (3 channels, stride-1 SAME convolutions, 2x2 max-pool, batch norm), two
+    inner steps, second order, against finite differences, with max-pool windows whose maxima are
+    tied: a pool gradient that sent the incoming gradient to every tied entry (or to none) would
+    fail; any split of it among the tied entries is exact, since they move together."""
+    model = nets.conv4(3, 3, 4, 24, max_pool=True, activation="softplus", impl=impl)
+    rng = np.random.default_rng(4)
+    params = _f64(model.init(3))
+    batch = _blocky_batch(rng)
+    # the ties are there: layer-1 activations of the support set, windows with a repeated maximum
+    h = nets.conv3x3(batch["xs"], params["conv1"], params["b1"], 1)
+    h = tf.nn.softplus(nets.batch_norm(h, params["bn1"])).numpy()
+    windows = h.reshape(2, 3, 12, 2, 12, 2, 4).transpose(0, 1, 2, 4, 6, 3, 5).reshape(-1, 4)
+    assert np.sum(np.sum(windows == windows.max(axis=1, keepdims=True), axis=1) > 1) > 100
+    loss_fn = maml.cross_entropy(1)
+    loss_of = lambda p: maml.meta_loss(model, p, batch, loss_fn, 2, 0.1)
+    _, grads = maml.meta_gradient(model, params, batch, loss_fn, 2, 0.1)
+    _directional_check(loss_of, params, grads["params"], rng)

@@ -108,3 +108,141 @@ def test_stride2_col2im_is_the_exact_transpose_of_the_patches(size):
     np.testing.assert_allclose(nets._col2im_stride2(dp, size, size).numpy(),
                                tape.gradient(p, x, output_gradients=dp).numpy(), atol=1e-12)
     np.testing.assert_array_equal(nets._patches_stride2(x).numpy(), p.numpy())
+
+
+# ----------------------------------------------------------------------------- per-task conv4 (MiniImagenet)
+
+MINIIMAGENET_PER_TASK = nets.conv4(5, 3, 32, 84, max_pool=True, impl="per_task")
+
+
+def _f64(params):
+    return {k: tf.cast(v, tf.float64) for k, v in params.items()}
+
+
+def _max_rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _fewshot_batch(rng, tasks, way, shot, query, size, channels, dtype):
+    mk = lambda n: tf.constant(rng.uniform(size=(tasks, way * n, size, size, channels)), dtype)
+    lab = lambda n: tf.constant(np.tile(np.repeat(np.arange(way), n), (tasks, 1)), tf.int32)
+    return {"xs": mk(shot), "ys": lab(shot), "xq": mk(query), "yq": lab(query)}
+
+
+@pytest.mark.parametrize("max_pool,tasks", [(True, 3), (False, 3), (True, nets.LOOP_MAX_TASKS + 2)])
+def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
+    """impl="per_task" (tf.nn.conv2d / max_pool2d networks, one per task: a loop over a few tasks,
+    a tf.map_fn over more) computes the same function as the batched patches @ kernel form:
+    outputs with shared and with per-task parameters, and the second- and first-order
+    meta-gradients through two inner steps."""
+    kw = dict(n_out=3, channels=3, filters=6, image_size=20 if max_pool else 12, max_pool=max_pool)
+    batched, per_task = nets.conv4(**kw), nets.conv4(**kw, impl="per_task")
+    assert batched.xla and not per_task.xla
+    rng = np.random.default_rng(5)
+    params = _f64(batched.init(2))
+    batch = _fewshot_batch(rng, tasks, 3, 2, 2, kw["image_size"], 3, tf.float64)
+    np.testing.assert_allclose(per_task.apply(params, batch["xs"]).numpy(),
+                               batched.apply(params, batch["xs"]).numpy(), rtol=1e-10, atol=1e-12)
+    fast = {k: v + tf.constant(rng.normal(scale=0.01, size=v.shape), tf.float64)
+            for k, v in maml.per_task(batched, params, tasks).items()}   # a different copy per task
+    np.testing.assert_allclose(per_task.apply(fast, batch["xq"]).numpy(),
+                               batched.apply(fast, batch["xq"]).numpy(), rtol=1e-10, atol=1e-12)
+    for first_order in (False, True):
+        lb, gb = maml.meta_gradient(batched, params, batch, maml.cross_entropy(2), 2, 0.1, first_order)
+        lp, gp = maml.meta_gradient(per_task, params, batch, maml.cross_entropy(2), 2, 0.1, first_order)
+        assert float(lp) == pytest.approx(float(lb), rel=1e-12)
+        # (the conv biases' gradient is exactly zero, batch norm follows: compared at the scale
+        # of the largest gradient entry, like every entry)
+        scale = max(float(tf.reduce_max(tf.abs(g))) for g in gb["params"].values())
+        for k in params:
+            np.testing.assert_allclose(gp["params"][k].numpy(), gb["params"][k].numpy(),
+                                       rtol=1e-9, atol=1e-12 * scale, err_msg=k)
+
+
+def test_batch_norm_one_task_is_batch_norm_of_that_task():
+    """The per-task path's batch norm: the same function as `batch_norm` on a one-task batch, with
+    the same first and second derivatives (what second-order MAML differentiates)."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(0.5, 2.0, size=(6, 5, 5, 4)) * rng.uniform(0.1, 3, size=4), tf.float64)
+    off = tf.constant(rng.normal(size=4), tf.float64)
+    dy, vx = (tf.constant(rng.normal(size=x.shape), tf.float64) for _ in range(2))
+    voff = tf.constant(rng.normal(size=4), tf.float64)
+
+    def derivatives(bn):
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch([x, off, dy])
+            with tf.GradientTape() as inner:
+                inner.watch([x, off])
+                y = bn(x, off)
+            gx, goff = inner.gradient(y, [x, off], output_gradients=dy)
+            s = tf.reduce_sum(gx * vx) + tf.reduce_sum(goff * voff)   # a directional first derivative
+        return [y, gx, goff] + outer.gradient(s, [x, off, dy])        # its derivatives: second order
+
+    ref = derivatives(lambda x, o: nets.batch_norm(x[None], o)[0])
+    for name, g, r in zip(["y", "dx", "doffset", "d2/dx", "d2/doffset", "d2/ddy"],
+                          derivatives(nets.batch_norm_one_task), ref):
+        if r is None:
+            assert g is None or float(tf.reduce_max(tf.abs(g))) == 0, name
+        else:
+            np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_per_task_conv4_matches_batched_at_miniimagenet_shape():
+    """At MiniImagenet's shapes (84x84x3, 32 filters, 5-way 1-shot, 2 tasks) in float32, the
+    per-task path (oneDNN kernels) and the batched path (patches @ kernel) agree within float32
+    rounding: outputs, the plain gradient, and the first- and second-order meta-gradients through
+    an inner step. Kept to one short step: further steps let float32 rounding flip a ReLU or a
+    max-pool choice somewhere in one path and not the other (a 1e-6 change of the input moves
+    either path's 5-step meta-gradient by up to 1e-2 relative), so the longer runs are compared
+    in float64 (test_per_task_conv4_is_the_batched_function_in_float64)."""
+    rng = np.random.default_rng(12)
+    params = MINIIMAGENET.init(0)
+    batch = _fewshot_batch(rng, 2, 5, 1, 2, 84, 3, tf.float32)
+    out_b = MINIIMAGENET.apply(params, batch["xq"]).numpy()
+    assert _max_rel(MINIIMAGENET_PER_TASK.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
+    loss_fn = maml.cross_entropy(1)
+    for steps, first_order in ((0, False), (1, False), (1, True)):
+        lb, gb = maml.meta_gradient(MINIIMAGENET, params, batch, loss_fn, steps, 0.001, first_order)
+        lp, gp = maml.meta_gradient(MINIIMAGENET_PER_TASK, params, batch, loss_fn, steps, 0.001, first_order)
+        assert float(lp) == pytest.approx(float(lb), rel=1e-5)
+        for k in params:
+            if k in ("b1", "b2", "b3", "b4"):   # exactly zero (batch norm follows): rounding noise only
+                continue
+            assert _max_rel(gp["params"][k].numpy(), gb["params"][k].numpy()) < 2e-4, (steps, first_order, k)
+
+
+# The Omniglot conv4 meta-gradient (second order, 1 inner step of 0.4) on a fixed batch, computed
+# with the code before the per-task path existed (commit c0e302a): per parameter, the sum, the sum
+# of absolute values and the projection on a fixed random vector. The Omniglot path must not move.
+OMNIGLOT_META_LOSS = 24.178386688232422
+OMNIGLOT_META_GRADIENT = {
+    "b1": (0.0001855006, 0.001200758, 0.0001800925),
+    "b2": (-7.561212e-07, 7.195225e-05, 1.513384e-05),
+    "b3": (2.118759e-06, 2.980931e-05, -7.411937e-06),
+    "b4": (-7.191673e-06, 2.146885e-05, 1.857043e-06),
+    "b5": (2.682209e-07, 7.905696, -10.62341),
+    "bn1": (-6.85091, 222.6556, -14.30182),
+    "bn2": (-12.14907, 134.2356, 8.139732),
+    "bn3": (20.33147, 143.7946, -3.367305),
+    "bn4": (47.4722, 115.5321, 18.15552),
+    "conv1": (-445.1034, 12303.47, 441.1519),
+    "conv2": (-1574.413, 132024, -1916.072),
+    "conv3": (-209.6157, 111162, -901.5829),
+    "conv4": (1316.557, 93672.78, 348.9596),
+    "w5": (9.596348e-06, 392.3234, 15.5994),
+}
+
+
+def test_omniglot_meta_gradient_is_unchanged():
+    rng = np.random.default_rng(20)
+    mk = lambda: tf.constant((rng.random((2, 5, 28, 28, 1)) < 0.25).astype(np.float32))
+    y = tf.constant(np.tile(np.arange(5, dtype=np.int32), (2, 1)))
+    batch = {"xs": mk(), "ys": y, "xq": mk(), "yq": y}
+    loss, g = maml.meta_gradient(OMNIGLOT, OMNIGLOT.init(0), batch, maml.cross_entropy(1), 1, 0.4)
+    assert float(loss) == pytest.approx(OMNIGLOT_META_LOSS, rel=1e-6)
+    for k, expected in OMNIGLOT_META_GRADIENT.items():
+        v = g["params"][k].numpy().astype(np.float64).ravel()
+        r = np.random.default_rng(sum(k.encode())).normal(size=v.size)
+        # biases before batch norm have an exactly-zero gradient: their values are rounding noise
+        np.testing.assert_allclose([v.sum(), np.abs(v).sum(), v @ r], expected, rtol=1e-5, atol=1e-3, err_msg=k)
