@@ -103,8 +103,6 @@ def _cell(config: str, cell: str, hold: str = "") -> Run:
 PILOT_Z = (2, 8, 32)
 CONTEXT_HOLD = ("z_dim is set from the pilot runs above (results/appendix/context_pilot.md) before "
                 "this run starts")
-MINIIMAGENET_HOLD = ("its meta-step is 13x or more above its floor (issue 20): made fast before it "
-                     "is trained")
 
 # Cheapest value first (README, "The campaign"): the small Omniglot cells finish in hours and
 # complete Table 1 rows; MiniImagenet's four cells follow the Omniglot 5-way ones; half-cheetah
@@ -125,10 +123,10 @@ QUEUE: list[Run] = [
                                       ("rl/cheetah_dir/context", "cheetah_dir", 20, ()))
       for z in PILOT_Z],
     _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
-    _cell("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv", MINIIMAGENET_HOLD),
-    _cell("miniimagenet/conv_5w1s_first_order", "miniimagenet_5w1s_conv_first_order", MINIIMAGENET_HOLD),
-    _cell("miniimagenet/conv_5w5s", "miniimagenet_5w5s_conv", MINIIMAGENET_HOLD),
-    _cell("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order", MINIIMAGENET_HOLD),
+    _cell("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv"),
+    _cell("miniimagenet/conv_5w1s_first_order", "miniimagenet_5w1s_conv_first_order"),
+    _cell("miniimagenet/conv_5w5s", "miniimagenet_5w5s_conv"),
+    _cell("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order"),
     *_rl("cheetah_vel"),
     *_rl("cheetah_dir"),
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
