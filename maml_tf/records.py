@@ -56,12 +56,17 @@ def write_json(path: str | Path, data) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (a temp file, then rename)."""
+def write_text(path: str | Path, text: str) -> bool:
+    """Write a text file atomically (a temp file, then rename), unless it already holds `text`
+    (an unchanged table leaves git clean); whether it wrote."""
     path = Path(path)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+    return True
 
 
 # provenance (which commit evaluated a result, when, where) and what is derived from the results

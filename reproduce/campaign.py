@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from maml_tf import records
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "reproduce" / "configs"
 RESULTS = ROOT / "results"
@@ -254,12 +256,7 @@ def table(rows: list[dict]) -> str:
 
 def write_table(queue: list[Run], results: Path, running=None, notes=None) -> str:
     text = table(status_rows(queue, results, running, notes))
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / "campaign.md"
-    if not path.exists() or path.read_text() != text:  # an unchanged campaign leaves git clean
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    records.write_text(results / "campaign.md", text)  # an unchanged campaign leaves git clean
     return text
 
 
@@ -412,7 +409,7 @@ class Campaign:
                 continue
             reported = _reported(self.results, self.queue)
             reported.update({r.name: done_iterations(r.run_dir(self.results)) for r in runs})
-            records_write_json(self.results / "campaign.json", {"reported_iterations": reported})
+            records.write_json(self.results / "campaign.json", {"reported_iterations": dict(sorted(reported.items()))})
 
 
 def _reported(results: Path, queue: list[Run] | None = None) -> dict:
@@ -439,12 +436,6 @@ def _reported(results: Path, queue: list[Run] | None = None) -> dict:
     except (json.JSONDecodeError, KeyError):
         pass
     return out
-
-
-def records_write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _hold(lock_path: Path, exclusive: bool) -> int | None:

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from maml_tf import records
 from reproduce import common
 
 SECTIONS = [  # (title, markdown file, figures), in the paper's order
@@ -26,29 +27,20 @@ SECTIONS = [  # (title, markdown file, figures), in the paper's order
 ]
 
 
-def _write(path: Path, text: str) -> bool:
-    """Write `text` to `path` unless it already holds it (an unchanged report leaves git clean)."""
-    if path.exists() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return True
-
-
 def regenerate(results: Path) -> list[Path]:
     """The tables from their JSON records, and the RL figures: what changed."""
     from reproduce import campaign, rl, sinusoid, table1
     changed = []
     if (results / "table1.json").exists():
         rows = json.loads((results / "table1.json").read_text())
-        if _write(results / "table1.md", table1.markdown(rows)):
+        if records.write_text(results / "table1.md", table1.markdown(rows)):
             changed.append(results / "table1.md")
     if (results / "sinusoid" / "summary.json").exists():
         summary = json.loads((results / "sinusoid" / "summary.json").read_text())
-        if _write(results / "sinusoid" / "table.md", sinusoid.table(summary)):
+        if records.write_text(results / "sinusoid" / "table.md", sinusoid.table(summary)):
             changed.append(results / "sinusoid" / "table.md")
     if any((results / "rl" / f"{env}.json").exists() for env in rl.ENVS):
-        if _write(results / "rl" / "table.md", rl.table(results / "rl")):
+        if records.write_text(results / "rl" / "table.md", rl.table(results / "rl")):
             changed.append(results / "rl" / "table.md")
         rl.figures(results / "rl")  # the same numbers draw the same bytes
     campaign.write_table(campaign.QUEUE, results)
@@ -83,7 +75,7 @@ def main(argv=None) -> int:
 
     def body():
         changed = regenerate(args.results)
-        wrote = _write(args.results / "README.md", page(args.results))
+        wrote = records.write_text(args.results / "README.md", page(args.results))
         print(f"results/README.md {'written' if wrote else 'unchanged'}; tables regenerated: "
               f"{', '.join(str(c.relative_to(args.results)) for c in changed) or 'none changed'}")
 

@@ -137,13 +137,19 @@ def test_fetch_by_url_verifies(http_folder, tmp_path):
         omniglot.fetch(url, dest3, checksums={"images_evaluation.zip": [("sha256", "0" * 64)]})  # 404
 
 
-def test_prepare_by_url_small_archives(http_folder, tmp_path):
-    folder, url, server = http_folder
+def _serve_fake_omniglot(folder) -> dict:
+    """Both small Omniglot-like archives in the served folder; their checksum table."""
     table = {}
     for name, seed in zip(omniglot.ARCHIVES, (1, 2)):
         data = _fake_omniglot_zip(name[:-4], seed=seed)
         (folder / name).write_bytes(data)
         table[name] = [("sha256", _sha256(data))]
+    return table
+
+
+def test_prepare_by_url_small_archives(http_folder, tmp_path):
+    folder, url, server = http_folder
+    table = _serve_fake_omniglot(folder)
     out = tmp_path / "out"
     path = omniglot.prepare(url, out, checksums=table, log=lambda m: None)
     with np.load(path) as z:
@@ -159,11 +165,7 @@ def test_prepare_by_url_small_archives(http_folder, tmp_path):
 
 def test_prepare_cleans_what_a_killed_run_left_and_leaves_no_empty_folder(http_folder, tmp_path):
     folder, url, _ = http_folder
-    table = {}
-    for name, seed in zip(omniglot.ARCHIVES, (1, 2)):
-        data = _fake_omniglot_zip(name[:-4], seed=seed)
-        (folder / name).write_bytes(data)
-        table[name] = [("sha256", _sha256(data))]
+    table = _serve_fake_omniglot(folder)
     # a failed download (wrong checksum) into a new folder leaves no folder behind, and the
     # message names the URL, not a temp file that no longer exists
     bad = {name: [("sha256", "0" * 64)] for name in table}
