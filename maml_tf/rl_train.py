@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from maml_tf import nets, rl
 from maml_tf.config import RLConfig
 from maml_tf.records import write_json
 from maml_tf import runs
-from maml_tf.runs import (Log, StopRequest, TrainingError, check_resume, claim, record_session,
-                         rollback_metrics)
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, claim, record_session
 
 _SAMPLERS: dict = {}
 
@@ -82,10 +80,8 @@ def _train(cfg: RLConfig, run_dir: Path, quiet: bool, stop_after: int | None) ->
     if manager.latest_checkpoint:
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(learner.step.numpy())
-    rollback_metrics(run_dir, start)
-    runs.forget_lost_best(run_dir, start, changed)
+    runs.resumed(run_dir, cfg, start, changed)
     best_manager = tf.train.CheckpointManager(best_ckpt, run_dir / "best", max_to_keep=1)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     iterations = 0 if cfg.method == "random" else t.iterations
     if start == 0 and not manager.latest_checkpoint:
         manager.save(checkpoint_number=0)  # the initial policy (the `random` baseline is only that)
@@ -101,7 +97,7 @@ def _train(cfg: RLConfig, run_dir: Path, quiet: bool, stop_after: int | None) ->
     sample_tasks = rl.task_sampler(cfg.env, cfg.env_kwargs)
 
     def finite() -> bool:
-        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.params.values())
+        return runs.all_finite(learner.params.values())
 
     def save(step: int) -> None:
         if not finite():

@@ -153,6 +153,21 @@ def rollback_metrics(run_dir: Path, step: int) -> None:
         records.write_text(path, "".join(l + "\n" for l in keep))
 
 
+def resumed(run_dir: Path, cfg, start: int, changed: dict) -> None:
+    """What both training loops do once the latest checkpoint (iteration `start`) is restored:
+    drop what a stopped process wrote after it (metrics rows, a best from lost iterations), then
+    write the run's config."""
+    rollback_metrics(run_dir, start)
+    forget_lost_best(run_dir, start, changed)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def all_finite(values) -> bool:
+    """Whether every tensor of `values` is free of NaN and infinities."""
+    import tensorflow as tf
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in values)
+
+
 def forget_lost_best(run_dir: Path, start: int, changed: dict) -> None:
     """A best checkpoint recorded after the checkpoint a run resumes from belongs to iterations
     that were lost. A plain resume trains them again, identically, and finds the same best; a

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from maml_tf import evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.records import write_json
 from maml_tf import runs
-from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session, rollback_metrics
+from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session
 
 def use_cpu_cores(cores: int, replicas: bool = True) -> None:
     """Set up TensorFlow's CPU threads; call before TensorFlow initialises its devices.
@@ -238,10 +237,8 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         learner.optimizer.learning_rate.assign(t.meta_lr)  # a changed meta_lr takes effect
     start = int(learner.step.numpy())
-    rollback_metrics(run_dir, start)
-    runs.forget_lost_best(run_dir, start, changed)
+    runs.resumed(run_dir, cfg, start, changed)
     best_manager = tf.train.CheckpointManager(learner.checkpoint, run_dir / "best", max_to_keep=1)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
     runs.announce(run_dir, start, stop, t.iterations, quiet)
     if start >= stop:
@@ -253,8 +250,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
     data = batches(source, cfg.seed, start, stop, t.meta_batch)
 
     def save(step: int) -> None:
-        finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.variables)
-        if not finite:
+        if not runs.all_finite(learner.variables):
             raise TrainingError(
                 f"the parameters became NaN or infinite before iteration {step}; nothing was saved "
                 f"over the last good checkpoint ({manager.latest_checkpoint}). Lower train.meta_lr or "
@@ -298,8 +294,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
             if t.val_every and (step % t.val_every == 0 or step == t.iterations):
                 value = validate(learner, cfg)
                 log.write(step, {f"val_{learner.metric_name}": value})
-                finite = all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in learner.variables)
-                if finite and runs.is_better(value, best, learner.higher_is_better):
+                if runs.all_finite(learner.variables) and runs.is_better(value, best, learner.higher_is_better):
                     best = {"step": step, "value": value, "metric": learner.metric_name}
                     best_manager.save(checkpoint_number=step)
                     write_json(best_path, best)
