@@ -29,7 +29,7 @@ RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "dist
 RECOVERY_CHANGES = {"meta_lr", "inner_lr", "grad_clip", "max_kl"}
 
 
-# how many cores this process trains on (set by train.use_cpu_cores; recorded in sessions.jsonl)
+# how many cores this process trains on (set by distribute.use_cpu_cores; recorded in sessions.jsonl)
 CORES: int | None = None
 
 

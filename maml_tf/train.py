@@ -21,51 +21,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import evaluate, maml, nets, tasks
+from maml_tf import distribute, evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.records import write_json
 from maml_tf import runs
 from maml_tf.runs import Log, StopRequest, TrainingError, check_resume, record_session
-
-def use_cpu_cores(cores: int, replicas: bool = True) -> None:
-    """Set up TensorFlow's CPU threads; call before TensorFlow initialises its devices.
-
-    With `replicas` on a machine without GPU, the CPU is split into one logical device per core,
-    each running its ops on one thread, and `train.distribute: mirrored` runs one replica of the
-    meta-batch on each. Measured on the 2-core machine (Omniglot 5-way 1-shot, second order):
-    57 ms per step, against 101 ms on one device using both cores, whose XLA loop fusions (batch
-    norm, ReLU, im2col) run on one thread. Without `replicas` (or on GPU machines), `cores` bounds
-    TensorFlow's thread pools as usual."""
-    split = replicas and cores > 1 and not tf.config.list_physical_devices("GPU")
-    runs.CORES = cores
-    try:
-        if split:
-            cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cores)
-        tf.config.threading.set_intra_op_parallelism_threads(1 if split else cores)
-        tf.config.threading.set_inter_op_parallelism_threads(cores)
-    except RuntimeError:
-        pass  # TensorFlow already runs in this process (a caller such as pytest): keep its devices
-
-
-def make_strategy(name: str, meta_batch: int | None = None) -> tf.distribute.Strategy:
-    """The tf.distribute strategy named by train.distribute. `mirrored` uses every GPU, or every
-    logical CPU where there is none (see use_cpu_cores), as many as divide `meta_batch` evenly;
-    with one device it is the default strategy (the whole step one XLA program)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        n = len(devices)
-        while meta_batch and meta_batch % n:
-            n -= 1
-        if n == 1:
-            return tf.distribute.get_strategy()
-        return tf.distribute.MirroredStrategy([d.name for d in devices[:n]])
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise TrainingError(f"train.distribute must be default, mirrored or multi_worker, got {name!r}")
-
 
 def objective(cfg: Config):
     """(loss used in the inner loop and for the meta-objective, metric reported at evaluation,
@@ -181,20 +141,6 @@ def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: in
         stopped.set()
 
 
-def split_across_replicas(strategy: tf.distribute.Strategy, batch: dict):
-    """Give each replica its contiguous share of the task batch (every worker draws the same
-    global batch from the (seed, iteration) stream and keeps its replicas' shares)."""
-    n = strategy.num_replicas_in_sync
-    if n == 1:
-        return batch
-
-    def share(ctx):
-        i = ctx.replica_id_in_sync_group
-        return {k: v[i * (v.shape[0] // n):(i + 1) * (v.shape[0] // n)] for k, v in batch.items()}
-
-    return strategy.experimental_distribute_values_from_function(share)
-
-
 def validate(learner: MetaLearner, cfg: Config) -> float:
     """Mean meta-validation metric with the test protocol (eval.task, eval.steps, the reported
     step), on `val_tasks` fixed tasks of the validation split."""
@@ -225,7 +171,7 @@ def train(cfg: Config, run_dir: str | Path, quiet: bool = False, stop_after: int
 def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> MetaLearner:
     t = cfg.train
     changed = check_resume(run_dir, cfg)
-    strategy = make_strategy(t.distribute, t.meta_batch)
+    strategy = distribute.make_strategy(t.distribute, t.meta_batch)
     if t.meta_batch % strategy.num_replicas_in_sync:
         raise TrainingError(f"train.meta_batch={t.meta_batch} must be divisible by the "
                             f"{strategy.num_replicas_in_sync} replicas")
@@ -271,7 +217,7 @@ def _train(cfg: Config, run_dir: Path, quiet: bool, stop_after: int | None) -> M
     wall0 = float(learner.wall_time.numpy())
     with StopRequest() as stop_request:
         for batch in data:
-            loss = learner.train_step(split_across_replicas(strategy, batch))
+            loss = learner.train_step(distribute.split_across_replicas(strategy, batch))
             step += 1
             if step == start + 1:
                 record_session(run_dir, start, stop, changed)

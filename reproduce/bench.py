@@ -9,7 +9,7 @@ are), 2 FLOPs per multiply-add. Elementwise work (batch norm, ReLU, max-pool, Ad
 counted: the floor is the time the matrix work alone would take at the machine's best matmul rate.
 
 The meta-step runs as training runs it: on a machine without GPU, one single-threaded replica of
-the task batch per core (train.use_cpu_cores) for the configs with train.distribute: mirrored, with
+the task batch per core (distribute.use_cpu_cores) for the configs with train.distribute: mirrored, with
 or without XLA as the config's train.xla says. The evaluation rows time one batch of test tasks
 (eval.batch tasks, eval.steps inner steps) as `evaluate.evaluate` runs it. Settings whose step
 takes over half a second are timed 10 times at most; the first call (tracing and compilation) is
@@ -28,7 +28,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import config, evaluate, nets, records, tasks, train
+from maml_tf import config, distribute, evaluate, nets, records, tasks, train
 from reproduce import common
 
 
@@ -53,7 +53,7 @@ def machine_matmul_rate(threads: int = 0) -> float:
     one multiplication and `cores` times its one-thread rate (what one single-threaded replica
     per core could reach at best; the larger on the 2-core machine, 484 against 440 GFLOP/s).
     Measured in child processes, because this one runs one single-threaded replica per core
-    (train.use_cpu_cores), so the floor errs low, never high."""
+    (distribute.use_cpu_cores), so the floor errs low, never high."""
     def child(n: int) -> float:
         cmd = [sys.executable, "-m", "reproduce.bench", "--rate-only", "--threads", str(n)]
         out = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, check=True)
@@ -160,12 +160,12 @@ def _time(fn, repeats: int) -> tuple[float, list[float], int]:
 
 def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate: float) -> dict:
     cfg = common.load(cfg_name, sets=[f"{k}={v}" for k, v in overrides.items()])
-    strategy = train.make_strategy(cfg.train.distribute, cfg.train.meta_batch)
+    strategy = distribute.make_strategy(cfg.train.distribute, cfg.train.meta_batch)
     learner = train.MetaLearner(cfg, strategy)
     source = synthetic_source(cfg)
     batch = {k: tf.constant(v) for k, v in train._model_batch(
         source.sample(np.random.default_rng(0), cfg.train.meta_batch)).items()}
-    shares = train.split_across_replicas(strategy, batch)
+    shares = distribute.split_across_replicas(strategy, batch)
     compile_s, times, repeats = _time(lambda: learner.train_step(shares).numpy(), repeats)
     flops = graph_flops(learner.meta_gradient_graph(batch))  # the whole task batch
     sec = float(np.median(times))

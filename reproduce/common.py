@@ -77,7 +77,7 @@ def cores(threads: int = 0) -> int:
 
 def parse(p: argparse.ArgumentParser, argv=None, replicas: bool | None = True) -> argparse.Namespace:
     """Parse the command line and set up TensorFlow's devices and threads for --threads before
-    TensorFlow starts (one logical CPU per core with `replicas`; see train.use_cpu_cores). An
+    TensorFlow starts (one logical CPU per core with `replicas`; see distribute.use_cpu_cores). An
     entry point that only knows once it has read its config passes replicas=None and calls
     use_cores itself."""
     args = p.parse_args(argv)
@@ -90,8 +90,8 @@ def parse(p: argparse.ArgumentParser, argv=None, replicas: bool | None = True) -
 
 
 def use_cores(threads: int, replicas: bool) -> None:
-    from maml_tf import train
-    train.use_cpu_cores(cores(threads), replicas)
+    from maml_tf import distribute
+    distribute.use_cpu_cores(cores(threads), replicas)
 
 
 def guard(body) -> int:

@@ -1,4 +1,4 @@
-"""tf.distribute: a meta-step split over two replicas (one per logical CPU, as train.use_cpu_cores
+"""tf.distribute: a meta-step split over two replicas (one per logical CPU, as distribute.use_cpu_cores
 sets up the training entry points on a machine without GPU) equals the single-device step.
 
 Runs in a subprocess, because the two logical CPU devices must be configured before TensorFlow
@@ -12,10 +12,10 @@ from pathlib import Path
 SCRIPT = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
-    from maml_tf import config, train
-    train.use_cpu_cores(2)  # one single-threaded logical CPU per (virtual) core
+    from maml_tf import config, distribute, train
+    distribute.use_cpu_cores(2)  # one single-threaded logical CPU per (virtual) core
     out = {"threads": tf.config.threading.get_intra_op_parallelism_threads(),
-           "replicas_for_odd_batch": train.make_strategy("mirrored", 7).num_replicas_in_sync}
+           "replicas_for_odd_batch": distribute.make_strategy("mirrored", 7).num_replicas_in_sync}
     for strategy in ("default", "mirrored"):
         cfg = config.from_dict({"experiment": "d", "task": {"kind": "sinusoid"},
                                 "model": {"kind": "mlp", "sizes": [1, 40, 40, 1]},
