@@ -1,5 +1,7 @@
-"""The test protocol: a fixed set of tasks drawn with a fixed seed, the metric of every task after
-0..S adaptation steps, and the mean with its 95% confidence interval, 1.96 * std / sqrt(n)."""
+"""The test protocol, for every domain: a fixed set of tasks drawn with a fixed seed, the metric of
+every task after 0..S adaptation steps, the mean with its 95% confidence interval
+(1.96 * std / sqrt(n)); the one rule for the test-time step size, the step-size search of the
+baselines on training tasks, and the oracle rule (an oracle does not adapt)."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,11 +29,42 @@ def _batches(source, n_tasks: int, seed: int, batch: int):
         yield {k: np.concatenate([c[k] for c in chunk]) for k in tasks.MODEL_KEYS}
 
 
+def ci95(per_task: np.ndarray) -> np.ndarray:
+    """Half-width of the 95% confidence interval of the mean over the last axis (the tasks),
+    1.96 * std / sqrt(n); 0 for a single task."""
+    per_task = np.asarray(per_task, np.float64)
+    n = per_task.shape[-1]
+    return 1.96 * per_task.std(axis=-1) / np.sqrt(n) if n > 1 else np.zeros(per_task.shape[:-1])
+
+
 def summarize(per_task: np.ndarray) -> dict:
     """per_task [steps + 1, n] -> mean and 95% CI half-width per step."""
-    n = per_task.shape[1]
-    return {"mean": per_task.mean(axis=1), "ci95": 1.96 * per_task.std(axis=1) / np.sqrt(n),
-            "per_task": per_task}
+    return {"mean": per_task.mean(axis=1), "ci95": ci95(per_task), "per_task": per_task}
+
+
+def step_size(cfg, learned=None):
+    """The test-time step size of a run, decided here only: the meta-learned one (`learned`, when
+    the run learns its step sizes), else eval.inner_lr, else the training train.inner_lr. (A
+    baseline whose step size is searched on training tasks passes the result of `tune_step_size`
+    instead; RL adaptation halves it after the first step, `maml.halving`.)"""
+    if learned is not None:
+        return learned
+    return cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr
+
+
+def tune_step_size(grid, score, higher_is_better: bool) -> tuple[float, dict]:
+    """The value of `grid` with the best `score(alpha)` (measured on training tasks, never on test
+    tasks); a score that is not finite (a diverging step size) is the worst. Returns (alpha,
+    {alpha: score})."""
+    scores = {a: float(score(a)) for a in grid}
+    worst = -np.inf if higher_is_better else np.inf
+    ranked = {a: v if np.isfinite(v) else worst for a, v in scores.items()}
+    return (max if higher_is_better else min)(ranked, key=ranked.get), ranked
+
+
+def not_adapted(values, steps: int) -> list:
+    """The oracle rule: a method that does not adapt reports its step-0 value at every step."""
+    return [values[0]] * (steps + 1)
 
 
 _compiled = {}

@@ -51,9 +51,15 @@ def per_task(model: Model, params: dict, n_tasks) -> dict:
             for k, v in params.items()}
 
 
+def halving(alpha: float):
+    """The RL test-time schedule of the official code: step alpha first, alpha / 2 after."""
+    return lambda step: alpha if step == 0 else alpha / 2.0
+
+
 def inner_step(model: Model, fast: dict, x: tf.Tensor, y: tf.Tensor, loss_fn: LossFn,
                alpha, first_order: bool = False) -> dict:
-    """One gradient step of every task on its own support set.
+    """One gradient step of every task on its own support set, for the parameters that adapt
+    (all but `model.frozen`: only the context vector for Appendix C's model).
 
     `fast` holds per-task copies (see `per_task`). `alpha` is a float or a dict name -> step size
     (a meta-learned step size, shared by the tasks, of any shape that broadcasts to the parameter)."""
@@ -71,12 +77,18 @@ def inner_step(model: Model, fast: dict, x: tf.Tensor, y: tf.Tensor, loss_fn: Lo
     return new
 
 
-def adapt(model: Model, params: dict, x: tf.Tensor, y: tf.Tensor, loss_fn: LossFn, steps: int,
-          alpha, first_order: bool = False) -> dict:
-    """`steps` inner gradient steps from the shared `params`, each on the same support set."""
-    fast = per_task(model, params, tf.shape(x)[0])
-    for _ in range(steps):
-        fast = inner_step(model, fast, x, y, loss_fn, alpha, first_order)
+def adapt(model: Model, params: dict, x, y, loss_fn: LossFn, steps: int, alpha,
+          first_order: bool = False, shared: bool = True, first_step: int = 0) -> dict:
+    """The one adaptation function, which training, evaluation, figures and RL all call: `steps`
+    inner gradient steps on the support data (x, y) of every task.
+
+    `params` are the shared meta-parameters (copied per task first) or, with `shared=False`,
+    per-task parameters already adapted `first_step` steps. `alpha` is the step size: a float, a
+    dict of meta-learned step sizes, or a schedule `step -> float` (e.g. `halving`), called with
+    the index of each step counted from the meta-parameters."""
+    fast = per_task(model, params, tf.shape(x)[0]) if shared else params
+    for s in range(first_step, first_step + steps):
+        fast = inner_step(model, fast, x, y, loss_fn, alpha(s) if callable(alpha) else alpha, first_order)
     return fast
 
 
@@ -106,7 +118,7 @@ def evaluate_steps(model: Model, params: dict, batch: dict, loss_fn: LossFn, met
     """Query metric of every task after 0, 1, ..., `steps` inner steps: [steps + 1, T]."""
     fast = per_task(model, params, tf.shape(batch["xs"])[0])
     out = [metric_fn(model.apply(fast, batch["xq"]), batch["yq"])]
-    for _ in range(steps):
-        fast = inner_step(model, fast, batch["xs"], batch["ys"], loss_fn, alpha)
+    for s in range(steps):
+        fast = adapt(model, fast, batch["xs"], batch["ys"], loss_fn, 1, alpha, shared=False, first_step=s)
         out.append(metric_fn(model.apply(fast, batch["xq"]), batch["yq"]))
     return tf.stack(out)

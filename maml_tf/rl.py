@@ -20,8 +20,9 @@ Pieces, all batched over the tasks of a meta-batch (leading axis T):
                   `use_maml=False`; the oracle is the same on the oracle environment;
       random:     no training;
     the gradient, the KL and the CG search direction are compiled by `tf.function`;
-  * `evaluate`: fixed test tasks, 0..S adaptation steps with fresh rollouts per step, step alpha for
-    the first update and alpha/2 after, mean return and 95% CI per step.
+  * `evaluate`: fixed test tasks, 0..S adaptation steps (`maml.adapt`) with fresh rollouts per step,
+    step alpha for the first update and alpha/2 after (`maml.halving`), mean return and 95% CI
+    per step (`maml_tf.evaluate.ci95`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import tensorflow as tf
 
 import maml_tf.envs as menvs
 from maml_tf import advantages, maml, nets, trpo
+from maml_tf.evaluate import ci95
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -213,13 +215,10 @@ def loss_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in ("obs", "actions", "adv", "mask")}
 
 
-# ----------------------------------------------------------------------------- adaptation
-
-def adapt_once(model: nets.Model, fast: dict, batch: dict, alpha, first_order: bool = False) -> dict:
-    """One inner policy-gradient step of every task on its own batch (`fast` holds per-task copies,
-    see `maml.per_task`)."""
-    return maml.inner_step(model, fast, batch["obs"], (batch["actions"], batch["adv"], batch["mask"]),
-                           vpg_loss, alpha, first_order)
+def inner_targets(batch: dict) -> tuple:
+    """What the inner loss `vpg_loss` compares the policy's output with: (actions, advantages,
+    mask), the `y` of `maml.adapt` (whose `x` is batch["obs"])."""
+    return batch["actions"], batch["adv"], batch["mask"]
 
 
 # ----------------------------------------------------------------------------- the learner
@@ -245,22 +244,19 @@ class PolicyLearner:
         self.checkpoint = tf.train.Checkpoint(params=self.params, step=self.step, wall_time=self.wall_time,
                                               env_steps=self.env_steps)
 
-        def post_params(params, d0):
+        def adapt(params, d0):  # the post-update parameters of every task
             if self.inner_steps == 0:
                 return params
-            fast = maml.per_task(model, params, tf.shape(d0["obs"])[0])
-            for _ in range(self.inner_steps):
-                fast = maml.inner_step(model, fast, d0["obs"], (d0["actions"], d0["adv"], d0["mask"]),
-                                       vpg_loss, inner_lr, first_order)
-            return fast
+            return maml.adapt(model, params, d0["obs"], inner_targets(d0), vpg_loss, self.inner_steps,
+                              inner_lr, first_order)
 
         def loss(params, d0, d1):
-            out = model.apply(post_params(params, d0), d1["obs"])
+            out = model.apply(adapt(params, d0), d1["obs"])
             y = (d1["actions"], d1["adv"], d1["mask"], d1["old_logp"])
             return tf.reduce_mean(surrogate_loss(out, y))
 
         def kl(params, d0, d1):
-            out = model.apply(post_params(params, d0), d1["obs"])
+            out = model.apply(adapt(params, d0), d1["obs"])
             return pooled_kl(out, d1["old_mean"], d1["old_log_std"], d1["mask"])
 
         def loss_grad(params, d0, d1):
@@ -274,14 +270,11 @@ class PolicyLearner:
                                         base_eps=fd_base_eps)
             return fn(params, g)
 
-        def adapted(params, d0):
-            return post_params(params, d0)
-
         compile_ = lambda f: tf.function(f, jit_compile=xla)
         self._loss, self._kl = compile_(loss), compile_(kl)
         self._loss_grad, self._loss_kl = compile_(loss_grad), compile_(loss_kl)
         self._direction = compile_(direction)
-        self._adapted = compile_(adapted)
+        self._adapt = compile_(adapt)
         self._dist = compile_(lambda p, x: model.apply(p, x))
 
     def param_values(self) -> dict:
@@ -304,7 +297,7 @@ class PolicyLearner:
         info = {"pre_return": float(np.mean(b0["returns"]))}
         if self.inner_steps:
             d0 = loss_inputs(b0)
-            fast = self._adapted(theta, d0)
+            fast = self._adapt(theta, d0)
             b1 = sample(fast, 1)
             info["post_return"] = float(np.mean(b1["returns"]))
             d1 = self.old_dist(fast, b1)
@@ -330,16 +323,6 @@ class PolicyLearner:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def ci95(x) -> float:
-    x = np.asarray(x, np.float64)
-    return float(1.96 * x.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0
-
-
-def alpha_schedule(alpha: float, step: int) -> float:
-    """Step alpha for the first update, alpha / 2 afterwards (the official test protocol)."""
-    return alpha if step == 0 else alpha / 2.0
-
-
 def evaluate(model: nets.Model, params: dict, sampler: Sampler, tasks: list, steps: int, alpha: float,
              seed: int) -> dict:
     """Mean return of every task after 0..steps adaptation steps, fresh rollouts at every step
@@ -350,6 +333,8 @@ def evaluate(model: nets.Model, params: dict, sampler: Sampler, tasks: list, ste
         batch = sampler.sample(fast, tasks, seed_of(seed, s))
         per_step.append(np.asarray(batch["returns"], np.float64))
         if s < steps:
-            fast = adapt_once(model, fast, batch, alpha_schedule(alpha, s), first_order=True)
-    return {"returns": [float(r.mean()) for r in per_step], "ci95": [ci95(r) for r in per_step],
+            fast = maml.adapt(model, fast, batch["obs"], inner_targets(batch), vpg_loss, 1,
+                              maml.halving(alpha), shared=False, first_step=s)
+    return {"returns": [float(r.mean()) for r in per_step],
+            "ci95": [float(c) for c in ci95(np.stack(per_step))],
             "per_task": [r.tolist() for r in per_step]}

@@ -32,10 +32,6 @@ class Sinusoid:
         self.support_range = support_range or x_range
         self.oracle_inputs = oracle_inputs
 
-    @property
-    def input_dim(self) -> int:
-        return 3 if self.oracle_inputs else 1
-
     def inputs(self, x: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
         """Model inputs for points x [T, n]: [T, n, 1], or [T, n, 3] with the oracle's (A, phase)."""
         x = x[..., None]

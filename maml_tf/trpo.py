@@ -29,14 +29,17 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-# Official constants (rllab ConjugateGradientOptimizer / FiniteDifferenceHvp as used by maml_rl).
-MAX_KL = 0.01
-CG_ITERS = 10
+from maml_tf.config import RLTrain
+
+# The official constants (rllab ConjugateGradientOptimizer / FiniteDifferenceHvp as used by
+# maml_rl) are declared once, as the defaults of the config's train section (config.RLTrain).
+MAX_KL = RLTrain.max_kl
+CG_ITERS = RLTrain.cg_iters
 CG_RESIDUAL_TOL = 1e-10
-DAMPING = 1e-5          # `reg_coeff`: A -> A + reg_coeff * I
-BACKTRACK_RATIO = 0.8
-MAX_BACKTRACKS = 15
-FD_BASE_EPS = 1.0       # see the module docstring
+DAMPING = RLTrain.cg_damping  # `reg_coeff`: A -> A + reg_coeff * I
+BACKTRACK_RATIO = RLTrain.backtrack_ratio
+MAX_BACKTRACKS = RLTrain.max_backtracks
+FD_BASE_EPS = RLTrain.fd_base_eps  # see the module docstring
 
 
 # ----------------------------------------------------------------------------- flat vectors

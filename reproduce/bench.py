@@ -28,7 +28,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from maml_tf import config, distribute, evaluate, nets, records, tasks, train
+from maml_tf import config, distribute, evaluate, nets, records, supervised, tasks
 from reproduce import common
 
 
@@ -161,9 +161,9 @@ def _time(fn, repeats: int) -> tuple[float, list[float], int]:
 def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate: float) -> dict:
     cfg = common.load(cfg_name, sets=[f"{k}={v}" for k, v in overrides.items()])
     strategy = distribute.make_strategy(cfg.train.distribute, cfg.train.meta_batch)
-    learner = train.MetaLearner(cfg, strategy)
+    learner = supervised.MetaLearner(cfg, strategy)
     source = synthetic_source(cfg)
-    batch = {k: tf.constant(v) for k, v in train._model_batch(
+    batch = {k: tf.constant(v) for k, v in supervised.model_batch(
         source.sample(np.random.default_rng(0), cfg.train.meta_batch)).items()}
     shares = distribute.split_across_replicas(strategy, batch)
     compile_s, times, repeats = _time(lambda: learner.train_step(shares).numpy(), repeats)
@@ -187,7 +187,7 @@ def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: fl
     loss_fn, metric_fn, _, _ = train.objective(cfg)
     fn = evaluate.compiled_steps(model, loss_fn, metric_fn, cfg.eval.steps)
     source = synthetic_source(cfg, {**cfg.task, **cfg.eval.task})
-    batch = {k: tf.constant(v) for k, v in train._model_batch(
+    batch = {k: tf.constant(v) for k, v in supervised.model_batch(
         source.sample(np.random.default_rng(0), cfg.eval.batch)).items()}
     params = model.init(cfg.seed)
     alpha = tf.constant(cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr, tf.float32)

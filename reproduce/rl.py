@@ -46,8 +46,8 @@ def methods_of(env: str) -> tuple[str, ...]:
 
 
 def run_method(env: str, name: str, args) -> tuple[dict, dict]:
-    from maml_tf import rl_train  # here: --help answers without TensorFlow
     """Train (or resume) one method, evaluate it; (metrics, run record)."""
+    from maml_tf import rl_train, train as train_lib  # here: --help answers without TensorFlow
     cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"  # a path: names like maml_alpha0.5 have a dot
     cfg = common.load(cfg_name, None if name == "random" else args.iterations, args.set)
     run_dir = common.run_dir(cfg, args.results) if name in BASE_METHODS else \
@@ -61,12 +61,12 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
             from reproduce import campaign
             print(f"== {env}/{name}: " + campaign.estimate(run_dir, 0 if name == "random" else cfg.train.iterations),
                   file=sys.stderr)
-        rl_train.train(cfg, run_dir, quiet=args.quiet)
-    learner, evaluated = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
+        train_lib.train(cfg, run_dir, quiet=args.quiet)
+    learner, evaluated = train_lib.restore(cfg, run_dir, cfg.eval.checkpoint)
     if not args.quiet:
         print(f"== {env}/{name}: evaluating iteration {evaluated} ({cfg.eval.checkpoint}) on "
               f"{cfg.eval.tasks} test tasks", file=sys.stderr)
-    metrics = rl_train.evaluate(cfg, learner)
+    metrics = rl_train.evaluate_run(cfg, learner)
     metrics.pop("per_task", None)
     run = common.record(cfg, learner, common.paper_iterations(cfg_name), run_dir)
     run["evaluated_iteration"] = evaluated
@@ -208,7 +208,7 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from maml_tf import maml, rl, rl_train
+    from maml_tf import evaluate, maml, rl, rl_train, train
     names = [n for n in ("maml", "pretrained") if n in metrics]
     if not names:
         return None
@@ -216,8 +216,8 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
     for ax, name in zip(axes[0], names):
         cfg = common.load(common.CONFIGS / "rl" / "point" / f"{name}.yaml", None, args.set)
         run_dir = common.run_dir(cfg, args.results)
-        learner, _ = rl_train.restore(cfg, run_dir, cfg.eval.checkpoint)
-        alpha = metrics[name].get("alpha") or cfg.train.inner_lr
+        learner, _ = train.restore(cfg, run_dir, cfg.eval.checkpoint)
+        alpha = metrics[name].get("alpha") or evaluate.step_size(cfg)  # as evaluated (tuned for pretrained)
         s = rl_train.sampler(learner.model, cfg, 1, cfg.train.trajectories)
         task = rl.task_sampler(cfg.env)(cfg.eval.tasks, cfg.eval.seed)[0]
         fast = maml.per_task(learner.model, learner.param_values(), 1)
@@ -230,7 +230,8 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
                 xy = raw["obs"][0, 0, :n]
                 ls, label = styles.get(k, ("-", f"{k} steps"))
                 ax.plot(xy[:, 0], xy[:, 1], ls, label=label)
-            fast = rl.adapt_once(learner.model, fast, batch, rl.alpha_schedule(alpha, k), first_order=True)
+            fast = maml.adapt(learner.model, fast, batch["obs"], rl.inner_targets(batch), rl.vpg_loss, 1,
+                              maml.halving(alpha), shared=False, first_step=k)
         ax.plot(*task["goal"], "*", color="red", ms=12, label="goal")
         ax.plot(0, 0, "o", color="black", ms=4)
         ax.set_xlim(-0.6, 0.6)

@@ -76,17 +76,17 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
-    latest = train_lib.restore(cfg, run_dir, "latest")
-    best = train_lib.restore(cfg, run_dir, "best")
+    from maml_tf import supervised
+    best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
     res = evaluate.evaluate(best.model, best.param_values(), test_source, best.loss_fn, best.metric_fn,
-                            cfg.eval.steps, train_lib.test_inner_lr(best, cfg), n_tasks=cfg.eval.tasks,
+                            cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
                             seed=cfg.eval.seed, batch=cfg.eval.batch)
     step = cfg.eval.steps if cfg.eval.report_step is None else cfg.eval.report_step
-    done = int(latest.step.numpy())
+    done = int(best.step.numpy())
     row.update(accuracy=round(100 * float(res["mean"][step]), 2), ci95=round(100 * float(res["ci95"][step]), 2),
                accuracy_by_step=[round(100 * float(a), 2) for a in res["mean"]],
-               iterations=done, evaluated_checkpoint_step=int(best.step.numpy()),
-               wall_time_s=round(float(latest.wall_time.numpy()), 1),
+               iterations=done, evaluated_checkpoint_step=best_step,
+               wall_time_s=round(float(best.wall_time.numpy()), 1),
                status="full" if done >= PAPER_ITERATIONS else "partial",
                commit=records.commit(), training_commits=runs.training_commits(run_dir), seed=cfg.seed,
                machine=records.machine(), eval_seed=cfg.eval.seed,

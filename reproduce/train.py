@@ -21,12 +21,8 @@ def main(argv=None) -> int:
         cfg = common.load(args.config, args.iterations, args.set)
         common.use_cores(args.threads, replicas=not isinstance(cfg, RLConfig))
         run_dir = args.run_dir or common.run_dir(cfg, args.results)
-        if isinstance(cfg, RLConfig):  # an RL config (reproduce/configs/rl/...)
-            from maml_tf import rl_train
-            rl_train.train(cfg, run_dir, quiet=args.quiet)
-        else:
-            from maml_tf import train as train_lib
-            train_lib.train(cfg, run_dir, quiet=args.quiet)
+        from maml_tf import train as train_lib
+        train_lib.train(cfg, run_dir, quiet=args.quiet)
 
     return common.guard(body)
 

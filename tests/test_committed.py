@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from maml_tf import config, rl_train, train
+from maml_tf import config, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = sorted(p.parent.parent for p in (ROOT / "results").rglob("checkpoints/checkpoint"))
@@ -29,16 +29,11 @@ def test_a_committed_checkpoint_restores(run_dir):
         assert f.with_suffix(".data-00000-of-00001").exists(), f
     cfg = config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     step = _index_step(run_dir / "checkpoints")
-    if isinstance(cfg, config.RLConfig):
-        learner, done = rl_train.restore(cfg, run_dir, "latest")
-        assert done == step
-        if (run_dir / "best" / "checkpoint").exists():
-            rl_train.restore(cfg, run_dir, "best")
-    else:
-        learner = train.restore(cfg, run_dir, "latest")
-        assert int(learner.step.numpy()) == step
-        if (run_dir / "best" / "checkpoint").exists():
-            best = train.restore(cfg, run_dir, "best")
-            assert int(best.step.numpy()) == _index_step(run_dir / "best")
+    learner, done = train.restore(cfg, run_dir, "latest")
+    assert done == step == int(learner.step.numpy())
+    if (run_dir / "best" / "checkpoint").exists():
+        best, best_step = train.restore(cfg, run_dir, "best")
+        assert best_step == _index_step(run_dir / "best")
+        assert int(best.step.numpy()) == step  # the best parameters, the run's own progress
     for k, v in learner.params.items():
         assert np.all(np.isfinite(v.numpy())), k

@@ -35,7 +35,7 @@ def test_a_diverging_run_never_makes_a_nan_best_checkpoint(tmp_path):
     best = tmp_path / "best.json"
     if best.exists():
         assert math.isfinite(json.loads(best.read_text())["value"])
-        restored = train.restore(cfg, tmp_path, "best")
+        restored, _ = train.restore(cfg, tmp_path, "best")
         assert all(np.all(np.isfinite(v.numpy())) for v in restored.params.values())
     assert runs.is_better(1.0, {"value": float("nan")}, higher_is_better=False)  # an old NaN best is replaced
     assert not runs.is_better(float("nan"), None, higher_is_better=True)
@@ -45,7 +45,7 @@ def test_a_diverged_run_resumes_with_a_lower_step_size_which_takes_effect_and_is
     train.train(_cfg(iterations=20), tmp_path, quiet=True)
     with pytest.raises(train.TrainingError, match="Lower train.meta_lr"):
         train.train(_cfg(iterations=200, meta_lr=1e4, inner_lr=10.0), tmp_path, quiet=True)
-    assert train.restore(_cfg(), tmp_path).step.numpy() == 20  # the last good checkpoint is kept
+    assert train.restore(_cfg(), tmp_path)[1] == 20  # the last good checkpoint is kept
     # the advice of the message can be followed: lower the step sizes, clip, resume
     learner = train.train(_cfg(iterations=60, meta_lr=1e-4, grad_clip=1.0), tmp_path, quiet=True)
     assert int(learner.step.numpy()) == 60
@@ -165,7 +165,7 @@ def test_a_stop_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(t
     assert [s for s, _ in b] == [s for s, _ in a] == list(range(10, 301, 10))
     np.testing.assert_allclose([l for _, l in b], [l for _, l in a], rtol=1e-6)
     cfg = config.load(cfg_path)
-    pa, pb = train.restore(cfg, tmp_path / "straight"), train.restore(cfg, killed)
+    (pa, _), (pb, _) = train.restore(cfg, tmp_path / "straight"), train.restore(cfg, killed)
     for k in pa.params:
         np.testing.assert_array_equal(pa.params[k].numpy(), pb.params[k].numpy())
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import config, maml, nets, rl, rl_train
+from maml_tf import config, maml, nets, rl, rl_train, train
 
 POINT = "maml/Point2D-v0"
 
@@ -141,7 +141,7 @@ def test_inner_step_is_a_policy_gradient_step(point_sampler):
     tasks = rl.task_sampler(POINT)(3, 1)
     batch = point_sampler.sample(params, tasks, seed=2)
     alpha = 0.3
-    fast = rl.adapt_once(m, maml.per_task(m, params, 3), batch, alpha)
+    fast = maml.adapt(m, params, batch["obs"], rl.inner_targets(batch), rl.vpg_loss, 1, alpha)
     for i in range(3):
         x = batch["obs"][i:i + 1]
         with tf.GradientTape() as tape:
@@ -175,7 +175,8 @@ def test_maml_trpo_step_keeps_the_kl_bound(point_sampler):
     assert 0 < info["kl_after"] <= 0.01
     # recompute the pooled KL between the sampling post-update policy and the new post-update one
     d0 = rl.loss_inputs(batches[0])
-    new_fast = rl.adapt_once(m, maml.per_task(m, learner.param_values(), 3), batches[0], 0.1)
+    new_fast = maml.adapt(m, learner.param_values(), batches[0]["obs"], rl.inner_targets(batches[0]),
+                          rl.vpg_loss, 1, 0.1)
     old_out = m.apply(batches["params1"], batches[1]["obs"])
     new_out = m.apply(new_fast, batches[1]["obs"])
     kl = rl.gaussian_kl(*rl.split_dist(old_out), *rl.split_dist(new_out))
@@ -220,9 +221,9 @@ def test_rl_config_is_strict():
 
 def test_rl_training_resumes_exactly_and_keeps_the_best(tmp_path):
     cfg = _rl_config()
-    full = rl_train.train(cfg, tmp_path / "a", quiet=True)
-    rl_train.train(cfg, tmp_path / "b", quiet=True, stop_after=2)
-    resumed = rl_train.train(cfg, tmp_path / "b", quiet=True)
+    full = train.train(cfg, tmp_path / "a", quiet=True)
+    train.train(cfg, tmp_path / "b", quiet=True, stop_after=2)
+    resumed = train.train(cfg, tmp_path / "b", quiet=True)
     assert int(resumed.step.numpy()) == 4
     for k in full.params:
         np.testing.assert_allclose(full.params[k].numpy(), resumed.params[k].numpy(), rtol=1e-5, atol=1e-6)
@@ -230,15 +231,15 @@ def test_rl_training_resumes_exactly_and_keeps_the_best(tmp_path):
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("post_return" in x for x in lines)
     best = json.loads((tmp_path / "a" / "best.json").read_text())
     assert best["value"] == max(x["post_return"] for x in lines)
-    learner, it = rl_train.restore(cfg, tmp_path / "a", "best")
+    learner, it = train.restore(cfg, tmp_path / "a", "best")
     assert it == best["step"]
     with pytest.raises(Exception, match="discount"):  # the algorithm cannot change on resume
-        rl_train.train(_rl_config(discount=0.9), tmp_path / "a", quiet=True)
-    res = rl_train.evaluate(cfg, learner)
+        train.train(_rl_config(discount=0.9), tmp_path / "a", quiet=True)
+    res = rl_train.evaluate_run(cfg, learner)
     assert len(res["returns"]) == len(res["ci95"]) == 3 and res["alpha"] == 0.1
     rnd = config.from_dict({**cfg.to_dict(), "method": "random"})
-    learner = rl_train.train(rnd, tmp_path / "r", quiet=True)
-    res = rl_train.evaluate(rnd, learner)
+    learner = train.train(rnd, tmp_path / "r", quiet=True)
+    res = rl_train.evaluate_run(rnd, learner)
     assert res["alpha"] in (0.05, 0.1) and set(res["alpha_search"]) == {"0.05", "0.1"}
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import config, evaluate, maml, runs, tasks, train
+from maml_tf import config, evaluate, maml, runs, supervised, tasks, train
 
 SINUSOID = {"experiment": "t", "task": {"kind": "sinusoid", "support": 10, "query": 10},
             "model": {"kind": "mlp", "sizes": [1, 40, 40, 1]},
@@ -71,7 +71,7 @@ def test_nan_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(train.TrainingError, match="NaN|nan|inf"):
         train.train(bad, tmp_path, quiet=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
-    assert np.all(np.isfinite(train.restore(cfg, tmp_path).params["w1"].numpy()))
+    assert np.all(np.isfinite(train.restore(cfg, tmp_path)[0].params["w1"].numpy()))
 
 
 @pytest.mark.parametrize("section,key,value,message", [
@@ -133,8 +133,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)  # saved and exited promptly
-    saved = train.restore(config.load(cfg_path), run)
-    step = int(saved.step.numpy())
+    saved, step = train.restore(config.load(cfg_path), run)
     assert step >= 400 and step % 10 ** 6 != 0, "no checkpoint at the interrupted iteration"
     resumed = train.train(config.load(cfg_path, {"train.iterations": step + 10}), run, quiet=True)
     assert int(resumed.step.numpy()) == step + 10
@@ -156,7 +155,7 @@ def test_a_signal_asks_the_loop_to_stop_and_a_second_one_interrupts_at_once():
 
 def test_batches_follow_the_seeded_stream_and_pass_on_sampling_errors():
     src = tasks.build(SINUSOID["task"])
-    got = list(train.batches(src, 3, 5, 8, 4))
+    got = list(supervised.batches(src, 3, 5, 8, 4))
     assert len(got) == 3
     for i, b in zip(range(5, 8), got):
         want = src.sample(tasks.stream_rng(3, i), 4)
@@ -166,4 +165,4 @@ def test_batches_follow_the_seeded_stream_and_pass_on_sampling_errors():
         def sample(self, rng, n):
             raise ValueError("corrupt episode")
     with pytest.raises(ValueError, match="corrupt episode"):
-        list(train.batches(Broken(), 0, 0, 3, 4))
+        list(supervised.batches(Broken(), 0, 0, 3, 4))
