@@ -95,6 +95,12 @@ def _same(a, b, ignore) -> bool:
     return a == b
 
 
+def same_data(old, new, ignore=PROVENANCE_KEYS) -> bool:
+    """Whether two results records (dicts, lists) hold the same results, apart from provenance
+    and float noise (see same_results)."""
+    return _same(old, json.loads(json.dumps(new)), ignore)
+
+
 def same_results(path: str | Path, data, ignore=PROVENANCE_KEYS) -> bool:
     """Whether the JSON at `path` holds the same results as `data`, apart from provenance (which
     commit evaluated it, when, where) and float noise: a re-run that changes no result then

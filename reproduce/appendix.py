@@ -24,9 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from maml_tf import config as config_lib
-from maml_tf import evaluate, maml, multitask, records, nets
+from maml_tf import records
 from reproduce import common
 from reproduce import sinusoid
+
+# imported on first use: --help answers without TensorFlow
+evaluate, maml, multitask, nets = (common.lazy(f"maml_tf.{m}") for m in ("evaluate", "maml", "multitask", "nets"))
 
 CONFIG = common.CONFIGS / "appendix" / "multitask_sinusoid.yaml"
 VARIANTS = {"none": "multi-task, no regularisation", "l2": "multi-task, l2 regularisation (weight decay)",

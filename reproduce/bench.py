@@ -26,10 +26,14 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
-from maml_tf import config, distribute, evaluate, nets, records, supervised, tasks
+from maml_tf import config, records
 from reproduce import common
+
+# imported on first use: --help answers without TensorFlow
+tf = common.lazy("tensorflow")
+distribute, evaluate, nets, supervised, tasks = (
+    common.lazy(f"maml_tf.{m}") for m in ("distribute", "evaluate", "nets", "supervised", "tasks"))
 
 
 def matmul_rate(sizes=(1024, 2048), repeats: int = 8) -> float:
@@ -204,9 +208,13 @@ def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: fl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--out", default=str(common.RESULTS / "bench" / "latest.json"))
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=30,
+                   help="timed calls per setting after compilation (default 30; 10 at most for a step "
+                        "over half a second); the median is reported")
+    p.add_argument("--out", default=str(common.RESULTS / "bench" / "latest.json"),
+                   help="where the JSON record goes (default results/bench/latest.json)")
     p.add_argument("--only", default=None, help="run only the settings whose name contains this")
     p.add_argument("--threads", type=int, default=0, help="CPU cores to use (default: all)")
     p.add_argument("--rate-only", action="store_true", help=argparse.SUPPRESS)

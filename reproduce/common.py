@@ -48,6 +48,23 @@ def record(cfg: config_lib.Config, learner, paper_iters: int, run_dir: Path) -> 
             "machine": records.machine(), "written": records.now()}
 
 
+def lazy(name: str):
+    """The module `name`, imported when first used rather than now: an entry point that names
+    TensorFlow-backed modules at its top still answers --help in a fraction of a second."""
+    import importlib.util
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The command line every entry point shares; usage reads `python -m reproduce.<name>`."""
     script = Path(sys.argv[0])

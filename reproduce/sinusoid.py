@@ -9,16 +9,21 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import tensorflow as tf
 
-from maml_tf import evaluate, maml, records, tasks
-from maml_tf import train as train_lib
+from maml_tf import records
 from maml_tf.config import ConfigError
+from maml_tf.runs import TrainingError
 from reproduce import common
+
+# imported on first use: --help answers without TensorFlow
+tf = common.lazy("tensorflow")
+evaluate, maml, tasks = (common.lazy(f"maml_tf.{m}") for m in ("evaluate", "maml", "tasks"))
+train_lib = common.lazy("maml_tf.train")
 
 METHODS = {"maml": "sinusoid/maml", "maml_alpha0.01": "sinusoid/maml_alpha0.01",
            "pretrained": "sinusoid/pretrained", "oracle": "sinusoid/oracle"}
 SHOTS = (5, 10, 20)
+STEPS = 10  # the steps every method is reported at (0..10; the oracle, which does not adapt, repeats step 0)
 FINETUNE_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 PAPER = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 PAPER_FINETUNE_ALPHA = {5: 0.01, 10: 0.02, 20: 0.02}
@@ -52,7 +57,7 @@ def evaluate_method(name: str, learner, cfg) -> dict:
                                   maml.mse, cfg.eval.steps, alpha, n_tasks=cfg.eval.tasks, seed=cfg.eval.seed)
         mse, ci = r["mean"].tolist(), r["ci95"].tolist()
         if name == "oracle":
-            mse, ci = evaluate.not_adapted(mse, cfg.eval.steps), evaluate.not_adapted(ci, cfg.eval.steps)
+            mse, ci = evaluate.not_adapted(mse, STEPS), evaluate.not_adapted(ci, STEPS)
         out[f"K{k}"] = {"mse": mse, "ci95": ci, "alpha": alpha if name != "oracle" else None}
         if search:
             out[f"K{k}"]["alpha_search"] = {str(a): s for a, s in search.items()}
@@ -165,8 +170,8 @@ def table(summary) -> str:
         label = f"{run['iterations']} ({run['paper_iterations']}){'' if run['status'] == 'full' else ', PARTIAL'}"
         lines.append(f"| {name} | {label} | {' | '.join(cells)} | {paper} |")
     lines += ["", "## MSE against steps (Figures 3 and 6)", "",
-              "| method | K | alpha | " + " | ".join(f"{s}" for s in range(11)) + " |",
-              "|---|---|---|" + "---|" * 11]
+              "| method | K | alpha | " + " | ".join(f"{s}" for s in range(STEPS + 1)) + " |",
+              "|---|---|---|" + "---|" * (STEPS + 1)]
     for name in METHODS:
         for k in SHOTS:
             e = m[name][f"K{k}"]
@@ -239,7 +244,7 @@ def _main(argv=None) -> int:
             cfgs[name] = cfg
             runs[name] = common.record(cfg, learners[name], common.paper_iterations(cfg_name), run_dir)
             metrics[name] = evaluate_method(name, learners[name], cfg)
-    except (ConfigError, train_lib.TrainingError) as e:
+    except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     main_run = runs["maml"]

@@ -70,7 +70,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         return row
     has_checkpoint = (run_dir / "checkpoints" / "checkpoint").exists()
     if eval_only and not has_checkpoint:
-        where = run_dir.relative_to(common.ROOT) if run_dir.is_relative_to(common.ROOT) else run_dir
+        where = run_dir.relative_to(results.parent) if run_dir.is_relative_to(results.parent) else run_dir
         row["note"] = (f"no checkpoint in {where}: train it with `make table1 TRAIN=1 TABLE1_ARGS=--cells "
                        f"{cell.name}` or `make campaign`")
         return row
@@ -216,10 +216,14 @@ def _main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     first_vs_second_order(rows, args.results)
-    for r in rows:  # a run older than sessions.jsonl: keep the commits an earlier row recorded
+    for i, r in enumerate(rows):
         old = previous.get((r["dataset"], r["way"], r["shot"], r["model"], r["order"]), {})
-        if not r.get("training_commits") and old.get("training_commits"):
-            r["training_commits"] = old["training_commits"]
+        if not r.get("training_commits"):  # a run older than sessions.jsonl: keep what was recorded
+            r.pop("training_commits", None)
+            if old.get("training_commits"):
+                r["training_commits"] = old["training_commits"]
+        if old and records.same_data(old, r):
+            rows[i] = old  # an unchanged row keeps its provenance: which commit evaluated it, where
     if records.same_results(out_json, rows) and (args.results / "table1.md").exists():  # nothing changed
         print((args.results / "table1.md").read_text())
         return 0
