@@ -31,8 +31,9 @@ def _batches(source, n_tasks: int, seed: int, batch: int):
 
 def ci95(per_task: np.ndarray) -> np.ndarray:
     """Half-width of the 95% confidence interval of the mean over the last axis (the tasks),
-    1.96 * std / sqrt(n); 0 for a single task."""
-    per_task = np.asarray(per_task, np.float64)
+    1.96 * std / sqrt(n), in the precision of the values (float32 metrics, float64 returns);
+    0 for a single task."""
+    per_task = np.asarray(per_task)
     n = per_task.shape[-1]
     return 1.96 * per_task.std(axis=-1) / np.sqrt(n) if n > 1 else np.zeros(per_task.shape[:-1])
 

@@ -1,5 +1,5 @@
 """The one run loop that every meta-learner trains in (the supervised MAML learner of
-`maml_tf.supervised`, the MAML-TRPO and TRPO learners of `maml_tf.rl_train`).
+`maml_tf.supervised`, the MAML-TRPO and TRPO learner of `maml_tf.rl.learner`).
 
 The loop owns the run directory: the lock, the resume check, the latest and the best checkpoint,
 the NaN guard, stop signals, the metrics log and restoring. A learner owns one iteration and says

@@ -13,7 +13,6 @@ import tensorflow as tf
 from maml_tf import distribute, evaluate, maml, nets, tasks
 from maml_tf.config import Config
 from maml_tf.loop import Score
-from maml_tf.runs import TrainingError
 
 
 def objective(cfg: Config):

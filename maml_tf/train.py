@@ -1,5 +1,5 @@
 """Training and restoring a run, whatever its domain: the config's kind picks the learner (the
-supervised `maml_tf.supervised.MetaLearner` or the RL `maml_tf.rl_train.RLRun`) and every learner
+supervised `maml_tf.supervised.MetaLearner` or the RL `maml_tf.rl.learner.RLRun`) and every learner
 trains in the one run loop of `maml_tf.loop` (see there for what a run directory holds).
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ def learner_for(cfg: Config | RLConfig, for_training: bool = False):
     """The learner of the config's domain. For training it also opens the training data (a missing
     dataset stops here, before anything is written) and the tf.distribute strategy."""
     if isinstance(cfg, RLConfig):
-        from maml_tf import rl_train
-        return rl_train.RLRun(cfg)
+        from maml_tf.rl.learner import RLRun
+        return RLRun(cfg)
     from maml_tf import supervised
     if not for_training:
         t = dataclasses.replace(cfg.train, distribute="default")
@@ -46,4 +46,6 @@ def restore(cfg: Config | RLConfig, run_dir: str | Path, which: str = "latest"):
     from)."""
     learner = learner_for(cfg)
     return learner, loop.restore(learner, run_dir, which)
+
+
 

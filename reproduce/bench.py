@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from maml_tf import config, records
+from maml_tf import records
 from reproduce import common
 
 # imported on first use: --help answers without TensorFlow
@@ -188,7 +188,7 @@ def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: fl
     evaluation runs (no replicas); `seconds_per_iteration` is per batch, `tasks_per_second` too."""
     cfg = common.load(cfg_name, sets=[f"{k}={v}" for k, v in overrides.items()])
     model = nets.build(cfg.model)
-    loss_fn, metric_fn, _, _ = train.objective(cfg)
+    loss_fn, metric_fn, _, _ = supervised.objective(cfg)
     fn = evaluate.compiled_steps(model, loss_fn, metric_fn, cfg.eval.steps)
     source = synthetic_source(cfg, {**cfg.task, **cfg.eval.task})
     batch = {k: tf.constant(v) for k, v in supervised.model_batch(

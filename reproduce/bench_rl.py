@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import gymnasium as gym
-import numpy as np
 import tensorflow as tf
 
 ENV = "maml/HalfCheetahVel-v0"

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-import time
 from pathlib import Path
 
 from maml_tf import config as config_lib

@@ -47,7 +47,7 @@ def methods_of(env: str) -> tuple[str, ...]:
 
 def run_method(env: str, name: str, args) -> tuple[dict, dict]:
     """Train (or resume) one method, evaluate it; (metrics, run record)."""
-    from maml_tf import rl_train, train as train_lib  # here: --help answers without TensorFlow
+    from maml_tf import rl, train as train_lib  # here: --help answers without TensorFlow
     cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"  # a path: names like maml_alpha0.5 have a dot
     cfg = common.load(cfg_name, None if name == "random" else args.iterations, args.set)
     run_dir = common.run_dir(cfg, args.results) if name in BASE_METHODS else \
@@ -66,7 +66,7 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
     if not args.quiet:
         print(f"== {env}/{name}: evaluating iteration {evaluated} ({cfg.eval.checkpoint}) on "
               f"{cfg.eval.tasks} test tasks", file=sys.stderr)
-    metrics = rl_train.evaluate_run(cfg, learner)
+    metrics = rl.evaluate_run(cfg, learner)
     metrics.pop("per_task", None)
     run = common.record(cfg, learner, common.paper_iterations(cfg_name), run_dir)
     run["evaluated_iteration"] = evaluated
@@ -208,7 +208,7 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from maml_tf import evaluate, maml, rl, rl_train, train
+    from maml_tf import evaluate, maml, rl, train
     names = [n for n in ("maml", "pretrained") if n in metrics]
     if not names:
         return None
@@ -218,7 +218,7 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
         run_dir = common.run_dir(cfg, args.results)
         learner, _ = train.restore(cfg, run_dir, cfg.eval.checkpoint)
         alpha = metrics[name].get("alpha") or evaluate.step_size(cfg)  # as evaluated (tuned for pretrained)
-        s = rl_train.sampler(learner.model, cfg, 1, cfg.train.trajectories)
+        s = rl.sampler(learner.model, cfg, 1, cfg.train.trajectories)
         task = rl.task_sampler(cfg.env)(cfg.eval.tasks, cfg.eval.seed)[0]
         fast = maml.per_task(learner.model, learner.param_values(), 1)
         styles = {0: (":", "pre-update"), 1: ("--", "1 grad step"), 3: ("-", "3 grad steps")}

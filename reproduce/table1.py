@@ -13,7 +13,6 @@ import json
 import sys
 from typing import NamedTuple
 
-import numpy as np
 
 from maml_tf import records, runs
 from maml_tf.config import ConfigError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import config, maml, nets, rl, rl_train, train
+from maml_tf import config, maml, nets, rl, train
 
 POINT = "maml/Point2D-v0"
 
@@ -197,7 +197,7 @@ def test_meta_gradient_goes_through_the_inner_step(point_sampler):
         learner = rl.PolicyLearner(m, seed=0, inner_lr=lr, inner_steps=1, first_order=fo)
         theta = learner.param_values()
         b0 = point_sampler.sample(theta, tasks, 1)
-        fast = learner._adapted(theta, rl.loss_inputs(b0))
+        fast = learner._adapt(theta, rl.loss_inputs(b0))
         b1 = point_sampler.sample(fast, tasks, 2)
         d1 = learner.old_dist(fast, b1)
         loss, g = learner._loss_grad(theta, rl.loss_inputs(b0), d1)
@@ -235,11 +235,11 @@ def test_rl_training_resumes_exactly_and_keeps_the_best(tmp_path):
     assert it == best["step"]
     with pytest.raises(Exception, match="discount"):  # the algorithm cannot change on resume
         train.train(_rl_config(discount=0.9), tmp_path / "a", quiet=True)
-    res = rl_train.evaluate_run(cfg, learner)
+    res = rl.evaluate_run(cfg, learner)
     assert len(res["returns"]) == len(res["ci95"]) == 3 and res["alpha"] == 0.1
     rnd = config.from_dict({**cfg.to_dict(), "method": "random"})
     learner = train.train(rnd, tmp_path / "r", quiet=True)
-    res = rl_train.evaluate_run(rnd, learner)
+    res = rl.evaluate_run(rnd, learner)
     assert res["alpha"] in (0.05, 0.1) and set(res["alpha_search"]) == {"0.05", "0.1"}
 
 

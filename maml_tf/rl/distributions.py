@@ -1,0 +1,80 @@
+"""The policy's action distribution (a diagonal Gaussian whose mean and log-std the policy network
+outputs side by side) and the losses on it, batched over tasks (leading axis T):
+
+  * `split_dist`, `gaussian_log_prob`, `gaussian_kl` (rllab's order: old distribution first);
+  * the inner loss `vpg_loss`: -mean(log pi(a|s) * A) over each task's valid (unpadded) steps, what
+    `maml.adapt` differentiates (the official inner step: plain gradient descent, step alpha), with
+    `inner_targets` giving its `y`;
+  * the TRPO surrogate `surrogate_loss` and the KL pooled over all valid samples, `pooled_kl`.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------- distributions
+
+def split_dist(out):
+    """The policy output [..., 2A] (a tensor or a numpy array) -> (mean [..., A], log_std [..., A]):
+    the one place that knows the layout `nets.gaussian_mlp` writes."""
+    half = out.shape[-1] // 2
+    return out[..., :half], out[..., half:]
+
+
+def gaussian_log_prob(mean, log_std, x):
+    """log N(x; mean, diag(exp(log_std)^2)), summed over the last axis."""
+    z = (x - mean) * tf.exp(-log_std)
+    return tf.reduce_sum(-0.5 * tf.square(z) - log_std, axis=-1) - 0.5 * LOG_2PI * tf.cast(
+        tf.shape(x)[-1], x.dtype)
+
+
+def gaussian_kl(mean0, log_std0, mean1, log_std1):
+    """KL(N0 || N1) of diagonal Gaussians, summed over the last axis (rllab's `kl_sym` order:
+    old distribution first)."""
+    var0, var1 = tf.exp(2.0 * log_std0), tf.exp(2.0 * log_std1)
+    return tf.reduce_sum(log_std1 - log_std0 + (var0 + tf.square(mean0 - mean1)) / (2.0 * var1) - 0.5,
+                         axis=-1)
+
+
+def masked_task_mean(x, mask):
+    """Mean of x [T, N] over the valid entries of each task -> [T]."""
+    return tf.reduce_sum(x * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+def vpg_loss(out, y):
+    """Inner (policy-gradient) loss per task [T]: -mean over valid steps of log pi(a|s) * A.
+    `y` = (actions [T, N, A], advantages [T, N], mask [T, N])."""
+    actions, adv, mask = y
+    mean, log_std = split_dist(out)
+    return -masked_task_mean(gaussian_log_prob(mean, log_std, actions) * adv, mask)
+
+
+def surrogate_loss(out, y):
+    """TRPO surrogate per task [T]: -mean over valid steps of exp(logp - old_logp) * A.
+    `y` = (actions, advantages, mask, old_logp [T, N])."""
+    actions, adv, mask, old_logp = y
+    mean, log_std = split_dist(out)
+    ratio = tf.exp(gaussian_log_prob(mean, log_std, actions) - old_logp)
+    return -masked_task_mean(ratio * adv, mask)
+
+
+def pooled_kl(out, old_mean, old_log_std, mask):
+    """KL(old || new) averaged over all valid samples of all tasks (the official mean_kl)."""
+    mean, log_std = split_dist(out)
+    kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
+    return tf.reduce_sum(kl * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def loss_inputs(batch: dict) -> dict:
+    """The tensors of a batch that the compiled losses take."""
+    return {k: batch[k] for k in ("obs", "actions", "adv", "mask")}
+
+
+def inner_targets(batch: dict) -> tuple:
+    """What the inner loss `vpg_loss` compares the policy's output with: (actions, advantages,
+    mask), the `y` of `maml.adapt` (whose `x` is batch["obs"])."""
+    return batch["actions"], batch["adv"], batch["mask"]

@@ -1,0 +1,196 @@
+"""MAML-TRPO (paper §5.3) and the TRPO baselines: `PolicyLearner` holds the policy parameters as
+variables and runs one meta-iteration,
+    maml:       pre-update samples -> inner step (alpha) -> post-update samples -> one TRPO step on
+                the post-update surrogate -mean(ratio * A) averaged over tasks, differentiated through
+                the inner step (second order), KL (old post-update policy || new) pooled over all valid
+                samples of all tasks (as the official `mean_kl`), bound 0.01, Hessian-vector products
+                by finite differences (`trpo.trpo_step`);
+    pretrained: TRPO on the pre-update surrogate of all tasks (no inner step), the official
+                `use_maml=False`; the oracle is the same on the oracle environment;
+    random:     no training;
+with the gradient, the KL and the CG search direction compiled by `tf.function`. `RLRun` is the
+learner that the run loop (`maml_tf.loop`) trains: the iteration's tasks and rollouts from
+(seed, iteration), the best-checkpoint score, the log.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from maml_tf import maml, nets, trpo
+from maml_tf.config import RLConfig
+from maml_tf.loop import Score
+from maml_tf.rl.distributions import (gaussian_log_prob, inner_targets, loss_inputs, pooled_kl,
+                                      split_dist, surrogate_loss, vpg_loss)
+from maml_tf.rl.sampler import env_dims, sampler, seed_of, task_sampler
+
+
+def build_model(cfg: RLConfig) -> nets.Model:
+    """The config's policy network, sized by its environment."""
+    obs_dim, act_dim = env_dims(cfg.env, cfg.env_kwargs)
+    return nets.build({**cfg.model, "obs_dim": obs_dim, "act_dim": act_dim})
+
+
+class PolicyLearner:
+    """Policy parameters as variables, and the (compiled) meta-iteration of MAML-TRPO or TRPO.
+
+    `inner_steps` = 1 for MAML (the official num_grad_updates), 0 for the pretrained / oracle
+    baselines (TRPO on the pre-update samples of all tasks)."""
+
+    def __init__(self, model: nets.Model, seed: int, inner_lr: float, inner_steps: int = 1,
+                 first_order: bool = False, max_kl: float = trpo.MAX_KL, cg_iters: int = trpo.CG_ITERS,
+                 cg_damping: float = trpo.DAMPING, backtrack_ratio: float = trpo.BACKTRACK_RATIO,
+                 max_backtracks: int = trpo.MAX_BACKTRACKS, fd_base_eps: float = trpo.FD_BASE_EPS,
+                 xla: bool = False):
+        self.model, self.inner_lr, self.inner_steps = model, inner_lr, inner_steps
+        self.first_order = first_order
+        self.trpo_args = dict(max_kl=max_kl, backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks)
+        self.params = {k: tf.Variable(v, name=k) for k, v in model.init(seed).items()}
+        self.step = tf.Variable(0, dtype=tf.int64, name="step")
+        self.wall_time = tf.Variable(0.0, dtype=tf.float64, name="wall_time")
+        self.env_steps = tf.Variable(0, dtype=tf.int64, name="env_steps")
+        self.checkpoint = tf.train.Checkpoint(params=self.params, step=self.step, wall_time=self.wall_time,
+                                              env_steps=self.env_steps)
+
+        def adapt(params, d0):  # the post-update parameters of every task
+            if self.inner_steps == 0:
+                return params
+            return maml.adapt(model, params, d0["obs"], inner_targets(d0), vpg_loss, self.inner_steps,
+                              inner_lr, first_order)
+
+        def loss(params, d0, d1):
+            out = model.apply(adapt(params, d0), d1["obs"])
+            y = (d1["actions"], d1["adv"], d1["mask"], d1["old_logp"])
+            return tf.reduce_mean(surrogate_loss(out, y))
+
+        def kl(params, d0, d1):
+            out = model.apply(adapt(params, d0), d1["obs"])
+            return pooled_kl(out, d1["old_mean"], d1["old_log_std"], d1["mask"])
+
+        def loss_grad(params, d0, d1):
+            return trpo.value_and_grad(lambda p: loss(p, d0, d1), params)
+
+        def loss_kl(params, d0, d1):
+            return loss(params, d0, d1), kl(params, d0, d1)
+
+        def direction(params, g, d0, d1):
+            fn = trpo.make_direction_fn(kl_fn=lambda p: kl(p, d0, d1), cg_iters=cg_iters, damping=cg_damping,
+                                        base_eps=fd_base_eps)
+            return fn(params, g)
+
+        compile_ = lambda f: tf.function(f, jit_compile=xla)
+        self._loss, self._kl = compile_(loss), compile_(kl)
+        self._loss_grad, self._loss_kl = compile_(loss_grad), compile_(loss_kl)
+        self._direction = compile_(direction)
+        self._adapt = compile_(adapt)
+        self._dist = compile_(lambda p, x: model.apply(p, x))
+
+    def param_values(self) -> dict:
+        return {k: v.value() for k, v in self.params.items()}
+
+    def old_dist(self, policy_params: dict, d1: dict) -> dict:
+        """The sampling policy's distribution on its own samples (constants of the TRPO step)."""
+        mean, log_std = split_dist(self._dist(policy_params, d1["obs"]))
+        d = dict(loss_inputs(d1))
+        d["old_mean"], d["old_log_std"] = mean, log_std
+        d["old_logp"] = gaussian_log_prob(mean, log_std, d1["actions"])
+        return d
+
+    def iteration(self, sample: Callable[[dict, int], dict]) -> dict:
+        """One meta-iteration. `sample(policy_params, phase) -> batch` rolls out the current tasks
+        (phase 0 pre-update, 1 post-update). Updates the variables in place; returns the metrics."""
+        t0 = time.perf_counter()
+        theta = self.param_values()
+        b0 = sample(theta, 0)
+        info = {"pre_return": float(np.mean(b0["returns"]))}
+        if self.inner_steps:
+            d0 = loss_inputs(b0)
+            fast = self._adapt(theta, d0)
+            b1 = sample(fast, 1)
+            info["post_return"] = float(np.mean(b1["returns"]))
+            d1 = self.old_dist(fast, b1)
+        else:
+            d0 = loss_inputs(b0)
+            d1 = self.old_dist(theta, b0)
+            info["post_return"] = info["pre_return"]
+        t1 = time.perf_counter()
+        new, step_info = trpo.trpo_step(
+            theta, loss_fn=lambda p: self._loss(p, d0, d1), kl_fn=lambda p: self._kl(p, d0, d1),
+            loss_grad_fn=lambda p: self._loss_grad(p, d0, d1), loss_kl_fn=lambda p: self._loss_kl(p, d0, d1),
+            direction_fn=lambda p, g: self._direction(p, g, d0, d1), **self.trpo_args)
+        for k, v in new.items():
+            self.params[k].assign(v)
+        self.step.assign_add(1)
+        t2 = time.perf_counter()
+        info.update({k: step_info[k] for k in ("loss_before", "loss_after", "kl_after", "accepted",
+                                               "n_backtracks", "grad_norm")})
+        info["accepted"] = bool(info["accepted"])
+        info.update(time_sample_s=t1 - t0, time_optimize_s=t2 - t1)
+        return info
+
+
+def make_learner(cfg: RLConfig, model: nets.Model | None = None) -> PolicyLearner:
+    t = cfg.train
+    return PolicyLearner(model or build_model(cfg), cfg.seed, t.inner_lr, t.inner_steps, t.first_order,
+                            t.max_kl, t.cg_iters, t.cg_damping, t.backtrack_ratio, t.max_backtracks,
+                            t.fd_base_eps, t.xla)
+
+
+class RLRun:
+    """The RL learner of the run loop (`maml_tf.loop`): one meta-iteration of `rl.PolicyLearner`
+    (MAML-TRPO, or TRPO for the baselines) on the tasks and rollouts of iteration i, which depend
+    only on (seed, i) and the parameters. Its score is the average post-update training return
+    (pre-update for the TRPO baselines) of the parameters *before* the iteration's update, which
+    is what the best checkpoint keeps."""
+
+    fix_hint = "Lower train.max_kl or train.inner_lr"
+    guarded = ("pre_return", "post_return", "loss_before")
+
+    def __init__(self, cfg: RLConfig):
+        self.cfg = cfg
+        self.policy = make_learner(cfg)
+        self.model, self.params, self.alpha = self.policy.model, self.policy.params, {}
+        self.step, self.wall_time = self.policy.step, self.policy.wall_time
+        self.env_steps, self.checkpoint = self.policy.env_steps, self.policy.checkpoint
+        self.budget = 0 if cfg.method == "random" else cfg.train.iterations
+        self._sampler = self._tasks = self._theta = None
+
+    def param_values(self) -> dict:
+        return self.policy.param_values()
+
+    def restored(self) -> None:
+        pass  # inner_lr and max_kl are read from the config
+
+    def begin(self, start: int, stop: int) -> None:
+        t = self.cfg.train
+        self._sampler = sampler(self.model, self.cfg, t.meta_batch, t.trajectories)
+        self._tasks = task_sampler(self.cfg.env, self.cfg.env_kwargs)
+
+    def end(self) -> None:
+        pass
+
+    def iterate(self, step: int) -> dict:
+        cfg, s = self.cfg, self._sampler
+        tasks = self._tasks(cfg.train.meta_batch, seed_of(cfg.seed, step, 0))
+        steps0 = s.env_steps
+        self._theta = {k: tf.identity(v) for k, v in self.params.items()}
+        info = self.policy.iteration(lambda p, phase: s.sample(p, tasks, seed_of(cfg.seed, step, 1 + phase)))
+        self.env_steps.assign_add(s.env_steps - steps0)
+        return {**info, "accepted": float(info["accepted"])}
+
+    def score(self, step: int, values: dict) -> Score:
+        metric = "post_return" if self.cfg.train.inner_steps else "return"
+        return Score(values["post_return"], step, metric, True, self._theta, {}, {})
+
+    def extras(self, rate: float) -> dict:
+        return {"iteration_s": 1.0 / rate if rate > 0 else float("nan"),
+                "env_steps": int(self.env_steps.numpy())}
+
+    def progress(self, step: int, means: dict, rate: float) -> str:
+        eta = (self.budget - step) / rate if rate > 0 else float("nan")
+        return (f"[{step:>5d}/{self.budget}] return pre {means['pre_return']:8.2f} "
+                f"post {means['post_return']:8.2f}  kl {means['kl_after']:.4f}  "
+                f"{1.0 / rate if rate > 0 else float('nan'):5.1f} s/it  eta {eta / 60:6.1f} min")
