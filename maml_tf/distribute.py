@@ -32,7 +32,12 @@ def use_cpu_cores(cores: int, replicas: bool = True) -> None:
 def make_strategy(name: str, meta_batch: int | None = None) -> tf.distribute.Strategy:
     """The tf.distribute strategy named by train.distribute. `mirrored` uses every GPU, or every
     logical CPU where there is none (see use_cpu_cores), as many as divide `meta_batch` evenly;
-    with one device it is the default strategy (the whole step one XLA program)."""
+    with one device it is the default strategy (the whole step one XLA program).
+
+    `multi_worker` reads the cluster and this process's place in it from TF_CONFIG and runs one
+    replica per worker on CPU (its CPU:0 only) or one per GPU: on a CPU worker, set up its threads
+    with use_cpu_cores(cores, replicas=False), since logical CPUs beyond the first would be left
+    idle and the replica would run on one intra-op thread (TensorFlow 2.18)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -60,3 +65,42 @@ def split_across_replicas(strategy: tf.distribute.Strategy, batch: dict):
         return {k: v[i * (v.shape[0] // n):(i + 1) * (v.shape[0] // n)] for k, v in batch.items()}
 
     return strategy.experimental_distribute_values_from_function(share)
+
+
+def worker_role() -> tuple[bool, int]:
+    """(whether this process is the chief, its index among its task type) from TF_CONFIG, for
+    train.distribute: multi_worker. The chief is the `chief` task, or worker 0 when the cluster
+    names no chief. Without TF_CONFIG: the chief of a cluster of one."""
+    import json
+    import os
+    conf = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, cluster = conf.get("task", {}), conf.get("cluster", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster), index
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def same_start(strategy: tf.distribute.Strategy, start: int) -> None:
+    """Refuse to train unless every worker resumes at the same iteration (a worker restored from
+    an older checkpoint would average its gradients with other iterations' at other parameters)."""
+    if not is_multi_worker(strategy):
+        return
+    starts = strategy.gather(strategy.run(lambda: tf.constant([start], tf.int64)), axis=0).numpy()
+    if len(set(starts.tolist())) > 1:
+        raise TrainingError(
+            f"the workers resume at different iterations ({sorted(set(starts.tolist()))}): copy the "
+            f"chief's checkpoints/ folder into every other worker's run directory "
+            f"(<run>/workers/<index>/checkpoints) and start all of them again")
+
+
+def agreed_stop(strategy: tf.distribute.Strategy, requested: bool) -> bool:
+    """Whether any worker was asked to stop (SIGINT/SIGTERM): every worker then saves and stops
+    after the same iteration. One all-reduce of a scalar per iteration, in multi-worker runs only."""
+    if not is_multi_worker(strategy):
+        return requested
+    flag = strategy.run(lambda: tf.constant(1.0 if requested else 0.0))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, flag, axis=None)) > 0
+

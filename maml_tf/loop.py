@@ -13,6 +13,8 @@ what to checkpoint. It provides:
   guarded             the logged values that must stay finite (a run whose meta-loss becomes NaN stops)
   fix_hint            what to change in the config when the run diverges
   restored()          called after the latest checkpoint is restored (e.g. re-assign a changed meta_lr)
+  same_start(start)   refuse to train when the processes of one run (multi-worker) resume apart
+  agreed_stop(req)    whether to stop now, as every process of the run agrees (req: this one's signal)
   begin(start, stop)  / end(): open and close the data stream of iterations start..stop-1
   iterate(step)       iteration `step` (0-based): update the variables, return the values to log
   score(step, values) after iteration `step` (now `step` + 1 iterations done): a `Score` when the
@@ -96,6 +98,7 @@ def train(learner, cfg, run_dir: str | Path, changed: dict, quiet: bool = False,
         learner.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         learner.restored()
     start = int(learner.step.numpy())
+    learner.same_start(start)
     runs.resumed(run_dir, cfg, start, changed)
     stop = learner.budget if stop_after is None else min(learner.budget, start + stop_after)
     log_every, checkpoint_every = cfg.train.log_every, cfg.train.checkpoint_every
@@ -159,7 +162,8 @@ def train(learner, cfg, run_dir: str | Path, changed: dict, quiet: bool = False,
                     if score.log:
                         log.write(done, score.log)
                     best.offer(score)
-                stop_request.checkpoint(done, done % checkpoint_every == 0 or done == stop, save, log)
+                stop_request.checkpoint(done, done % checkpoint_every == 0 or done == stop, save, log,
+                                        learner.agreed_stop(stop_request.requested))
     finally:
         learner.end()
     log.done(f"trained to {stop} iterations: the checkpoints are in {run_dir}")

@@ -1,4 +1,6 @@
-"""Provenance of every number this project writes: code commit, machine, time."""
+"""Results files (everything under results/ that is not a run directory): the provenance every
+number records (code commit, machine, time), atomic writes, and the rule that a re-run which
+changes no result leaves the file as it was. The run directory itself is `maml_tf.runs`'s."""
 from __future__ import annotations
 
 import datetime

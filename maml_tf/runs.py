@@ -1,5 +1,7 @@
-"""What the supervised and the RL training loops share about a run directory: the resume check,
-the metrics log, and stopping on a signal with a checkpoint."""
+"""The run directory, for the run loop (`maml_tf.loop`): its lock, the resume check and the
+rollback of what a stopped process wrote after its checkpoint, sessions.jsonl (which commit trained
+which iterations), the metrics log, and stopping on a signal with a checkpoint. Results files
+derived from runs are `maml_tf.records`'s."""
 from __future__ import annotations
 
 import contextlib
@@ -267,11 +269,13 @@ class StopRequest:
             signal.signal(s, h)
         self._previous = {}
 
-    def checkpoint(self, step: int, due: bool, save, log: Log) -> None:
-        """End of an iteration: `save(step)` when a checkpoint is `due` or a stop was requested;
+    def checkpoint(self, step: int, due: bool, save, log: Log, requested: bool | None = None) -> None:
+        """End of an iteration: `save(step)` when a checkpoint is `due` or a stop was requested
+        (`requested`: as the workers of a multi-worker run agreed, default this process's signal);
         after the save of a requested stop, raise KeyboardInterrupt (the run resumes from there)."""
-        if due or self.requested:
+        requested = self.requested if requested is None else requested
+        if due or requested:
             save(step)
-        if self.requested:
+        if requested:
             log.done(f"interrupted: saved a checkpoint at iteration {step}")
-            raise KeyboardInterrupt(f"signal {self.signum}")
+            raise KeyboardInterrupt(f"signal {self.signum or 'on another worker'}")

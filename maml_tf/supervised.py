@@ -105,6 +105,12 @@ class MetaLearner:
     def restored(self) -> None:
         self.optimizer.learning_rate.assign(self.cfg.train.meta_lr)  # a changed meta_lr takes effect
 
+    def same_start(self, start: int) -> None:
+        distribute.same_start(self.strategy, start)
+
+    def agreed_stop(self, requested: bool) -> bool:
+        return distribute.agreed_stop(self.strategy, requested)
+
     def begin(self, start: int, stop: int) -> None:
         self._batches = batches(self.source, self.cfg.seed, start, stop, self.cfg.train.meta_batch)
 

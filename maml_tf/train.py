@@ -32,9 +32,14 @@ def learner_for(cfg: Config | RLConfig, for_training: bool = False):
 
 def train(cfg: Config | RLConfig, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None):
     """Train (or resume) the run in `run_dir` up to its budget, holding the run directory's lock (a
-    second process on it is refused). Returns the learner. `stop_after` stops after that many
+    second process on it is refused). Returns the learner. In a multi-worker run (TF_CONFIG) the
+    chief trains in `run_dir` and every other worker in `run_dir/workers/<index>`. `stop_after` stops after that many
     iterations of this call (used to test resuming)."""
     run_dir = Path(run_dir)
+    if isinstance(cfg, Config) and cfg.train.distribute == "multi_worker":
+        chief, index = distribute.worker_role()
+        if not chief:  # the chief's directory is the run; every other worker keeps its own copy
+            run_dir = run_dir / "workers" / str(index)
     with runs.claim(run_dir):
         changed = runs.check_resume(run_dir, cfg)  # the recovery keys take effect: read from cfg
         learner = learner_for(cfg, for_training=True)
@@ -46,6 +51,7 @@ def restore(cfg: Config | RLConfig, run_dir: str | Path, which: str = "latest"):
     from)."""
     learner = learner_for(cfg)
     return learner, loop.restore(learner, run_dir, which)
+
 
 
 

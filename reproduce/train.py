@@ -19,7 +19,10 @@ def main(argv=None) -> int:
 
     def body():
         cfg = common.load(args.config, args.iterations, args.set)
-        common.use_cores(args.threads, replicas=not isinstance(cfg, RLConfig))
+        # one logical CPU per core for a mirrored replica each; otherwise (one device, or one
+        # replica per worker in a multi-worker run) every core serves the one device
+        common.use_cores(args.threads, replicas=not isinstance(cfg, RLConfig)
+                         and cfg.train.distribute == "mirrored")
         run_dir = args.run_dir or common.run_dir(cfg, args.results)
         from maml_tf import train as train_lib
         train_lib.train(cfg, run_dir, quiet=args.quiet)

@@ -164,6 +164,12 @@ class RLRun:
     def restored(self) -> None:
         pass  # inner_lr and max_kl are read from the config
 
+    def same_start(self, start: int) -> None:
+        pass  # one process
+
+    def agreed_stop(self, requested: bool) -> bool:
+        return requested
+
     def begin(self, start: int, stop: int) -> None:
         t = self.cfg.train
         self._sampler = sampler(self.model, self.cfg, t.meta_batch, t.trajectories)
