@@ -62,7 +62,7 @@ def split_across_replicas(strategy: tf.distribute.Strategy, batch: dict):
 
     def share(ctx):
         i = ctx.replica_id_in_sync_group
-        return {k: v[i * (v.shape[0] // n):(i + 1) * (v.shape[0] // n)] for k, v in batch.items()}
+        return tf.nest.map_structure(lambda v: v[i * (v.shape[0] // n):(i + 1) * (v.shape[0] // n)], batch)
 
     return strategy.experimental_distribute_values_from_function(share)
 

@@ -23,10 +23,10 @@ def _batches(source, n_tasks: int, seed: int, batch: int):
     for task in fixed_tasks(source, n_tasks, seed):
         chunk.append(task)
         if len(chunk) == batch:
-            yield {k: np.concatenate([c[k] for c in chunk]) for k in tasks.MODEL_KEYS}
+            yield tasks.TaskBatch.of({k: np.concatenate([c[k] for c in chunk]) for k in tasks.TaskBatch._fields})
             chunk = []
     if chunk:
-        yield {k: np.concatenate([c[k] for c in chunk]) for k in tasks.MODEL_KEYS}
+        yield tasks.TaskBatch.of({k: np.concatenate([c[k] for c in chunk]) for k in tasks.TaskBatch._fields})
 
 
 def ci95(per_task: np.ndarray) -> np.ndarray:

@@ -96,8 +96,8 @@ def meta_loss(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: i
               first_order: bool = False) -> tf.Tensor:
     """Mean over the task batch of the query loss after `steps` inner steps on the support set.
     With steps = 0 this is plain regression/classification on all tasks (the pretrained baseline)."""
-    fast = adapt(model, params, batch["xs"], batch["ys"], loss_fn, steps, alpha, first_order)
-    return tf.reduce_mean(loss_fn(model.apply(fast, batch["xq"]), batch["yq"]))
+    fast = adapt(model, params, batch.xs, batch.ys, loss_fn, steps, alpha, first_order)
+    return tf.reduce_mean(loss_fn(model.apply(fast, batch.xq), batch.yq))
 
 
 def meta_gradient(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,
@@ -116,9 +116,9 @@ def meta_gradient(model: Model, params: dict, batch: dict, loss_fn: LossFn, step
 def evaluate_steps(model: Model, params: dict, batch: dict, loss_fn: LossFn, metric_fn,
                    steps: int, alpha) -> tf.Tensor:
     """Query metric of every task after 0, 1, ..., `steps` inner steps: [steps + 1, T]."""
-    fast = per_task(model, params, tf.shape(batch["xs"])[0])
-    out = [metric_fn(model.apply(fast, batch["xq"]), batch["yq"])]
+    fast = per_task(model, params, tf.shape(batch.xs)[0])
+    out = [metric_fn(model.apply(fast, batch.xq), batch.yq)]
     for s in range(steps):
-        fast = adapt(model, fast, batch["xs"], batch["ys"], loss_fn, 1, alpha, shared=False, first_step=s)
-        out.append(metric_fn(model.apply(fast, batch["xq"]), batch["yq"]))
+        fast = adapt(model, fast, batch.xs, batch.ys, loss_fn, 1, alpha, shared=False, first_step=s)
+        out.append(metric_fn(model.apply(fast, batch.xq), batch.yq))
     return tf.stack(out)

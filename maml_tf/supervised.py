@@ -141,13 +141,8 @@ class MetaLearner:
                 f"eta {eta / 60:6.1f} min")
 
 
-def model_batch(batch: dict) -> dict:
-    """The arrays of a sampled task batch that the model takes (tasks.MODEL_KEYS)."""
-    return {k: batch[k] for k in tasks.MODEL_KEYS}
-
-
 def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: int = 4):
-    """Batches start..stop-1 of the stream `seed` (dicts of tensors), sampled `ahead` on a daemon
+    """Batches start..stop-1 of the stream `seed` (`tasks.TaskBatch`es of tensors), sampled `ahead` on a daemon
     thread while the compiled step runs. A plain thread rather than tf.data: an interrupted run
     exits at once (a tf.data generator pipeline could hold the exit for a minute)."""
     out, stopped = queue.Queue(maxsize=ahead), threading.Event()
@@ -162,7 +157,7 @@ def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: in
     def work() -> None:
         try:
             for i in range(start, stop):
-                put(model_batch(source.sample(tasks.stream_rng(seed, i), meta_batch)))
+                put(tasks.TaskBatch.of(source.sample(tasks.stream_rng(seed, i), meta_batch)))
         except BaseException as e:  # handed to the consumer, raised there
             put(e)
 
@@ -172,7 +167,7 @@ def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: in
             item = out.get()
             if isinstance(item, BaseException):
                 raise item
-            yield {k: tf.convert_to_tensor(v) for k, v in item.items()}
+            yield tasks.TaskBatch(*(tf.convert_to_tensor(v) for v in item))
     finally:
         stopped.set()
 

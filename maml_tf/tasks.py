@@ -1,6 +1,7 @@
 """Task distributions. A task source has `sample(rng, n_tasks) -> batch`, a dict of NumPy arrays
 with a leading task axis: `xs`, `ys` (support set) and `xq`, `yq` (query set), plus per-task
-descriptors that the model never sees (for the sinusoid: `amplitude`, `phase`).
+descriptors that the model never sees (for the sinusoid: `amplitude`, `phase`). What the model
+takes is a `TaskBatch` (`TaskBatch.of(batch)`).
 
 The batch of meta-iteration i is drawn from `np.random.default_rng([seed, i])`, so the data stream
 depends only on (seed, iteration): a resumed run sees exactly the tasks it would have seen.
@@ -13,7 +14,21 @@ import zipfile
 
 import numpy as np
 
-MODEL_KEYS = ("xs", "ys", "xq", "yq")
+
+class TaskBatch(typing.NamedTuple):
+    """A batch of tasks as the model takes it (leading task axis T): support inputs `xs` [T, K, ...]
+    and targets `ys`, query inputs `xq` [T, Q, ...] and targets `yq`; NumPy arrays or tensors."""
+    xs: typing.Any
+    ys: typing.Any
+    xq: typing.Any
+    yq: typing.Any
+
+    @classmethod
+    def of(cls, batch: dict, convert=None) -> "TaskBatch":
+        """The model's part of a sampled batch (a dict with descriptors), each array passed
+        through `convert` (e.g. tf.convert_to_tensor) when given."""
+        convert = convert or (lambda v: v)
+        return cls(*(convert(batch[k]) for k in cls._fields))
 
 
 class Sinusoid:

@@ -167,8 +167,7 @@ def bench_setting(name: str, cfg_name: str, overrides: dict, repeats: int, rate:
     strategy = distribute.make_strategy(cfg.train.distribute, cfg.train.meta_batch)
     learner = supervised.MetaLearner(cfg, strategy)
     source = synthetic_source(cfg)
-    batch = {k: tf.constant(v) for k, v in supervised.model_batch(
-        source.sample(np.random.default_rng(0), cfg.train.meta_batch)).items()}
+    batch = tasks.TaskBatch.of(source.sample(np.random.default_rng(0), cfg.train.meta_batch), tf.constant)
     shares = distribute.split_across_replicas(strategy, batch)
     compile_s, times, repeats = _time(lambda: learner.train_step(shares).numpy(), repeats)
     flops = graph_flops(learner.meta_gradient_graph(batch))  # the whole task batch
@@ -191,8 +190,7 @@ def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: fl
     loss_fn, metric_fn, _, _ = supervised.objective(cfg)
     fn = evaluate.compiled_steps(model, loss_fn, metric_fn, cfg.eval.steps)
     source = synthetic_source(cfg, {**cfg.task, **cfg.eval.task})
-    batch = {k: tf.constant(v) for k, v in supervised.model_batch(
-        source.sample(np.random.default_rng(0), cfg.eval.batch)).items()}
+    batch = tasks.TaskBatch.of(source.sample(np.random.default_rng(0), cfg.eval.batch), tf.constant)
     params = model.init(cfg.seed)
     alpha = tf.constant(cfg.train.inner_lr if cfg.eval.inner_lr is None else cfg.eval.inner_lr, tf.float32)
     compile_s, times, repeats = _time(lambda: fn(params, batch, alpha).numpy(), repeats)

@@ -4,6 +4,9 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import context, maml
+from maml_tf.tasks import TaskBatch
+
+TB = TaskBatch.of
 
 
 def _mlp_context():
@@ -23,7 +26,7 @@ def test_the_inner_step_changes_z_only_and_the_meta_gradient_reaches_every_param
     for k in params:
         if k != "z":
             assert fast[k] is params[k]  # shared and untouched by the inner loop
-    _, grads = maml.meta_gradient(model, params, batch, maml.mse, 2, 0.1)
+    _, grads = maml.meta_gradient(model, params, TB(batch), maml.mse, 2, 0.1)
     for k, g in grads["params"].items():
         assert g is not None and float(tf.reduce_max(tf.abs(g))) > 0, k
 

@@ -4,6 +4,9 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import maml, nets
+from maml_tf.tasks import TaskBatch
+
+TB = TaskBatch.of
 
 
 def _f64(params):
@@ -56,8 +59,8 @@ def test_second_order_meta_gradient_matches_finite_differences(name):
         size = 16 if name.startswith("conv_pool") else 8
         batch, loss_fn, alpha = _classification_batch(rng, size=size), maml.cross_entropy(1), 0.1
     steps = 2
-    loss_of = lambda p: maml.meta_loss(model, p, batch, loss_fn, steps, alpha)
-    _, grads = maml.meta_gradient(model, params, batch, loss_fn, steps, alpha)
+    loss_of = lambda p: maml.meta_loss(model, p, TB(batch), loss_fn, steps, alpha)
+    _, grads = maml.meta_gradient(model, params, TB(batch), loss_fn, steps, alpha)
     grads = grads["params"]
     # The batch-norm offsets are meta-learned: they do get a meta-gradient.
     for k in model.frozen:
@@ -71,8 +74,8 @@ def test_learned_step_size_gradient_matches_finite_differences():
     params = _f64(model.init(0))
     alpha = {k: tf.constant(rng.uniform(0.01, 0.1, size=v.shape), tf.float64) for k, v in params.items()}
     batch = _regression_batch(rng)
-    _, grads = maml.meta_gradient(model, params, batch, maml.mse, 2, alpha)
-    loss_of = lambda a: maml.meta_loss(model, params, batch, maml.mse, 2, a)
+    _, grads = maml.meta_gradient(model, params, TB(batch), maml.mse, 2, alpha)
+    loss_of = lambda a: maml.meta_loss(model, params, TB(batch), maml.mse, 2, a)
     _directional_check(loss_of, alpha, grads["alpha"], rng)
 
 
@@ -81,8 +84,8 @@ def test_first_order_is_query_gradient_at_adapted_parameters():
     rng = np.random.default_rng(1)
     params = _f64(model.init(2))
     batch = _regression_batch(rng, tasks=3)
-    _, fo = maml.meta_gradient(model, params, batch, maml.mse, 2, 0.05, first_order=True)
-    _, so = maml.meta_gradient(model, params, batch, maml.mse, 2, 0.05, first_order=False)
+    _, fo = maml.meta_gradient(model, params, TB(batch), maml.mse, 2, 0.05, first_order=True)
+    _, so = maml.meta_gradient(model, params, TB(batch), maml.mse, 2, 0.05, first_order=False)
     fast = maml.adapt(model, params, batch["xs"], batch["ys"], maml.mse, 2, 0.05)
     fast = {k: tf.constant(v) for k, v in fast.items()}  # leaves: no path back to params
     with tf.GradientTape() as tape:
@@ -150,6 +153,6 @@ def test_second_order_meta_gradient_with_max_pool_ties(impl):
     windows = h.reshape(2, 3, 12, 2, 12, 2, 4).transpose(0, 1, 2, 4, 6, 3, 5).reshape(-1, 4)
     assert np.sum(np.sum(windows == windows.max(axis=1, keepdims=True), axis=1) > 1) > 100
     loss_fn = maml.cross_entropy(1)
-    loss_of = lambda p: maml.meta_loss(model, p, batch, loss_fn, 2, 0.1)
-    _, grads = maml.meta_gradient(model, params, batch, loss_fn, 2, 0.1)
+    loss_of = lambda p: maml.meta_loss(model, p, TB(batch), loss_fn, 2, 0.1)
+    _, grads = maml.meta_gradient(model, params, TB(batch), loss_fn, 2, 0.1)
     _directional_check(loss_of, params, grads["params"], rng)

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     distribute.use_cpu_cores(1)  # one CPU device and thread per process (a CPU worker holds one replica)
     import tensorflow as tf
     from maml_tf import config, tasks
-    from maml_tf.supervised import MetaLearner, model_batch
+    from maml_tf.supervised import MetaLearner
     cfg = config.from_dict({"experiment": "mw", "task": {"kind": "sinusoid"},
                             "model": {"kind": "mlp", "sizes": [1, 40, 40, 1]},
                             "train": {"iterations": 2, "meta_batch": 8, "distribute": sys.argv[1]}})
@@ -40,11 +40,10 @@ SCRIPT = textwrap.dedent("""
     out = {"replicas": strategy.num_replicas_in_sync, "multi_worker": multi,
            "init": as_list(learner.param_values()), "loss": []}
     for i in range(2):  # the batches of iterations 0 and 1, as train.train draws them
-        batch = {k: tf.convert_to_tensor(v) for k, v in
-                 model_batch(source.sample(tasks.stream_rng(cfg.seed, i), t.meta_batch)).items()}
+        batch = tasks.TaskBatch.of(source.sample(tasks.stream_rng(cfg.seed, i), t.meta_batch), tf.convert_to_tensor)
         if i == 0:  # this process's own (not all-reduced) meta-gradient on its share of the batch
             n, r = strategy.num_replicas_in_sync, strategy.cluster_resolver.task_id if multi else 0
-            share = {k: v[r * (t.meta_batch // n):(r + 1) * (t.meta_batch // n)] for k, v in batch.items()}
+            share = tasks.TaskBatch(*(v[r * (t.meta_batch // n):(r + 1) * (t.meta_batch // n)] for v in batch))
             grads = learner._grads(learner.param_values(), learner.inner_lr(), share)[1]["params"]
             out["own_grad"] = as_list(grads)
         out["loss"].append(float(learner.train_step(distribute.split_across_replicas(strategy, batch))))

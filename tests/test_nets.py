@@ -4,6 +4,9 @@ import pytest
 import tensorflow as tf
 
 from maml_tf import maml, nets
+from maml_tf.tasks import TaskBatch
+
+TB = TaskBatch.of
 
 OMNIGLOT = nets.conv4(5, 1, 64, 28, max_pool=False)
 MINIIMAGENET = nets.conv4(5, 3, 32, 84, max_pool=True)
@@ -149,8 +152,8 @@ def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
     np.testing.assert_allclose(per_task.apply(fast, batch["xq"]).numpy(),
                                batched.apply(fast, batch["xq"]).numpy(), rtol=1e-10, atol=1e-12)
     for first_order in (False, True):
-        lb, gb = maml.meta_gradient(batched, params, batch, maml.cross_entropy(2), 2, 0.1, first_order)
-        lp, gp = maml.meta_gradient(per_task, params, batch, maml.cross_entropy(2), 2, 0.1, first_order)
+        lb, gb = maml.meta_gradient(batched, params, TB(batch), maml.cross_entropy(2), 2, 0.1, first_order)
+        lp, gp = maml.meta_gradient(per_task, params, TB(batch), maml.cross_entropy(2), 2, 0.1, first_order)
         assert float(lp) == pytest.approx(float(lb), rel=1e-12)
         # (the conv biases' gradient is exactly zero, batch norm follows: compared at the scale
         # of the largest gradient entry, like every entry)
@@ -203,8 +206,8 @@ def test_per_task_conv4_matches_batched_at_miniimagenet_shape():
     assert _max_rel(MINIIMAGENET_PER_TASK.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
     loss_fn = maml.cross_entropy(1)
     for steps, first_order in ((0, False), (1, False), (1, True)):
-        lb, gb = maml.meta_gradient(MINIIMAGENET, params, batch, loss_fn, steps, 0.001, first_order)
-        lp, gp = maml.meta_gradient(MINIIMAGENET_PER_TASK, params, batch, loss_fn, steps, 0.001, first_order)
+        lb, gb = maml.meta_gradient(MINIIMAGENET, params, TB(batch), loss_fn, steps, 0.001, first_order)
+        lp, gp = maml.meta_gradient(MINIIMAGENET_PER_TASK, params, TB(batch), loss_fn, steps, 0.001, first_order)
         assert float(lp) == pytest.approx(float(lb), rel=1e-5)
         for k in params:
             if k in ("b1", "b2", "b3", "b4"):   # exactly zero (batch norm follows): rounding noise only
@@ -239,7 +242,7 @@ def test_omniglot_meta_gradient_is_unchanged():
     mk = lambda: tf.constant((rng.random((2, 5, 28, 28, 1)) < 0.25).astype(np.float32))
     y = tf.constant(np.tile(np.arange(5, dtype=np.int32), (2, 1)))
     batch = {"xs": mk(), "ys": y, "xq": mk(), "yq": y}
-    loss, g = maml.meta_gradient(OMNIGLOT, OMNIGLOT.init(0), batch, maml.cross_entropy(1), 1, 0.4)
+    loss, g = maml.meta_gradient(OMNIGLOT, OMNIGLOT.init(0), TB(batch), maml.cross_entropy(1), 1, 0.4)
     assert float(loss) == pytest.approx(OMNIGLOT_META_LOSS, rel=1e-6)
     for k, expected in OMNIGLOT_META_GRADIENT.items():
         v = g["params"][k].numpy().astype(np.float64).ravel()

@@ -107,7 +107,7 @@ def test_fixed_test_tasks_do_not_depend_on_batching():
     src = tasks.build({"kind": "sinusoid", "support": 5, "query": 10}, split="test")
     a = list(evaluate._batches(src, 7, 3, batch=2))
     b = list(evaluate._batches(src, 7, 3, batch=7))
-    np.testing.assert_array_equal(np.concatenate([x["xs"] for x in a]), b[0]["xs"])
+    np.testing.assert_array_equal(np.concatenate([x.xs for x in a]), b[0].xs)
     r = evaluate.summarize(np.array([[1.0, 2.0, 3.0, 4.0]]))
     assert r["mean"][0] == 2.5 and r["ci95"][0] == pytest.approx(1.96 * np.std([1, 2, 3, 4]) / 2)
 
@@ -159,7 +159,8 @@ def test_batches_follow_the_seeded_stream_and_pass_on_sampling_errors():
     assert len(got) == 3
     for i, b in zip(range(5, 8), got):
         want = src.sample(tasks.stream_rng(3, i), 4)
-        np.testing.assert_array_equal(b["xs"].numpy(), want["xs"])
+        np.testing.assert_array_equal(b.xs.numpy(), want["xs"])
+        np.testing.assert_array_equal(b.yq.numpy(), want["yq"])
 
     class Broken:
         def sample(self, rng, n):
