@@ -155,11 +155,22 @@ def check_call(builders: dict, where: str, spec: dict) -> None:
         raise ConfigError(f"{where} ({spec['kind']}) is missing {', '.join(missing)}")
 
 
+KINDS = ("supervised", "rl")
+
+
 def from_dict(raw: dict) -> Config:
+    """A config from its YAML mapping. Its top-level `kind` says which schema it follows:
+    `supervised` (Config: task, model, train, eval) or `rl` (RLConfig: env, model, train, eval).
+    Every config under reproduce/configs names it; a run directory's saved config.yaml does not
+    (the kind is not part of the run's identity), and there an `env` key means `rl`."""
     from maml_tf import context, nets, tasks  # noqa: F401  (the builders the config names)
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping")
-    if "env" in raw:  # an RL config (see RLConfig below)
+    kind = raw.get("kind", "rl" if "env" in raw else "supervised")  # implied in run directories' config.yaml
+    if kind not in KINDS:
+        raise ConfigError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    raw = {k: v for k, v in raw.items() if k != "kind"}
+    if kind == "rl":  # see RLConfig below
         return rl_from_dict(raw)
     top = {f.name: f.type for f in dataclasses.fields(Config)}
     unknown = set(raw) - set(top)
