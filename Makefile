@@ -39,6 +39,7 @@ sinusoid: setup
 
 ## data: download (or copy from OMNIGLOT_SOURCE), verify and preprocess the datasets into data/
 data: data-omniglot data-miniimagenet-if-available
+## data-omniglot: Omniglot only (from OMNIGLOT_SOURCE, default ../shared/data/omniglot, else its URL)
 data-omniglot: setup
 	$(PY) -m data_prep.omniglot $(if $(OMNIGLOT_SOURCE),--source $(OMNIGLOT_SOURCE)) --out data/omniglot
 ## data-miniimagenet: from ../shared/data/miniimagenet/images.tar.xz (sha256 checked) when it is there;
@@ -61,11 +62,13 @@ table1: setup data-omniglot data-miniimagenet-if-available
 
 ## appendix: Appendix C baselines -> results/appendix/ (table2: multi-task parameter averaging)
 appendix: appendix-table2
+## appendix-table2: Table 2 (trains what is missing: about 40 core-minutes per variant) -> results/appendix/table2.md
 appendix-table2: setup
 	$(PY) -m reproduce.appendix table2
 
 ## rl: evaluate MAML-TRPO and the baselines on every RL task, regenerate results/rl/ (TRAIN=1: train first)
 rl: rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir
+## rl-point, rl-cheetah-vel, rl-cheetah-dir, rl-ant-vel, rl-ant-dir: one RL task each (the same TRAIN=1 rule)
 rl-point: setup
 	$(PY) -m reproduce.rl point $(iters) $(evalonly)
 rl-cheetah-vel: setup
@@ -87,5 +90,6 @@ HOURS ?= 2.5
 CORES ?= $(shell nproc)
 campaign: setup data-omniglot data-miniimagenet-if-available
 	$(PY) -m reproduce.campaign --hours $(HOURS) --cores $(CORES)
+## campaign-status: where every run of the queue stands and the core-hours left; trains nothing (seconds)
 campaign-status: setup
 	$(PY) -m reproduce.campaign --status

@@ -63,21 +63,24 @@ def lazy(name: str):
     return module
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """The command line every entry point shares; usage reads `python -m reproduce.<name>`."""
+def parser(description: str, trains: bool = True) -> argparse.ArgumentParser:
+    """The command line every entry point shares; usage reads `python -m reproduce.<name>`. An
+    entry point that never trains (`trains=False`) has no --iterations, --set or --threads."""
     script = Path(sys.argv[0])
     prog = f"python -m reproduce.{script.stem}" if script.parent.name == "reproduce" else None
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and results go")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (errors are still printed)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's own log lines, which are filtered out by default")
+    if not trains:
+        return p
     p.add_argument("--iterations", type=int, default=None,
                    help="training budget (default: the paper's, from the config); a smaller one is "
                         "labelled partial in every result")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.meta_batch=16")
-    p.add_argument("--results", type=Path, default=RESULTS, help="where run directories and results go")
-    p.add_argument("--quiet", action="store_true", help="no progress lines (errors are still printed)")
-    p.add_argument("--verbose", action="store_true",
-                   help="show TensorFlow's own log lines, which are filtered out by default")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU cores to use (default 0: all). Without a GPU, train.distribute: mirrored "
                         "(the classification configs) runs one single-threaded replica of the "
@@ -100,7 +103,7 @@ def parse(p: argparse.ArgumentParser, argv=None, replicas: bool | None = True) -
         from maml_tf import _quiet
         _quiet.uninstall()
     if replicas is not None:
-        use_cores(args.threads, replicas)
+        use_cores(getattr(args, "threads", 0), replicas)
     return args
 
 

@@ -70,7 +70,7 @@ def page(results: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__)
+    p = common.parser(__doc__, trains=False)
     args = common.parse(p, argv, replicas=False)
 
     def body():
