@@ -109,7 +109,7 @@ def evaluate_average(average: dict) -> dict:
     model = nets.build(cfg.model)
     params = {k: np.asarray(v, np.float32) for k, v in average.items()}
     alpha, search = sinusoid.finetune_alpha(model, params, cfg, 5)
-    r = evaluate.evaluate(model, params, sinusoid.test_source(cfg, 5), maml.mse, maml.mse, cfg.eval.steps,
+    r = evaluate.evaluate(model, params, sinusoid.task_source(cfg, 5), maml.mse, maml.mse, cfg.eval.steps,
                           alpha, n_tasks=cfg.eval.tasks, seed=cfg.eval.seed)
     return {"mse": [float(x) for x in r["mean"]], "ci95": [float(x) for x in r["ci95"]], "alpha": alpha,
             "alpha_search": {str(a): v for a, v in search.items()}}

@@ -29,7 +29,9 @@ PAPER = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 
 PAPER_FINETUNE_ALPHA = {5: 0.01, 10: 0.02, 20: 0.02}
 
 
-def test_source(cfg, shots: int, **extra):
+def task_source(cfg, shots: int, **extra):
+    """The sinusoid's tasks with K = `shots` support points and the config's evaluation settings
+    (which tasks: the seed the caller draws them with)."""
     return tasks.build({**cfg.task, **cfg.eval.task, "support": shots, **extra}, split="test")
 
 
@@ -37,7 +39,7 @@ def finetune_alpha(model, params, cfg, shots: int) -> tuple[float, dict]:
     """A baseline's fine-tuning step for K shots: the grid value with the lowest mean MSE over
     steps 1..10 on 200 held-out *training* tasks (the validation seed, never the test seed)."""
     def score(a):
-        r = evaluate.evaluate(model, params, test_source(cfg, shots),
+        r = evaluate.evaluate(model, params, task_source(cfg, shots),
                               maml.mse, maml.mse, cfg.eval.steps, a, n_tasks=200, seed=cfg.train.val_seed)
         return np.mean(r["mean"][1:])
     with np.errstate(over="ignore", invalid="ignore"):  # the large steps diverge, as they should
@@ -53,7 +55,7 @@ def evaluate_method(name: str, learner, cfg) -> dict:
         # the alpha = 0.01 run diverges after a few steps, as it should (README, What we found): its
         # MSE overflows to inf, which the table shows; numpy's overflow warnings would only alarm
         with np.errstate(over="ignore", invalid="ignore"):
-            r = evaluate.evaluate(learner.model, learner.param_values(), test_source(cfg, k), maml.mse,
+            r = evaluate.evaluate(learner.model, learner.param_values(), task_source(cfg, k), maml.mse,
                                   maml.mse, cfg.eval.steps, alpha, n_tasks=cfg.eval.tasks, seed=cfg.eval.seed)
         mse, ci = r["mean"].tolist(), r["ci95"].tolist()
         if name == "oracle":
@@ -69,7 +71,7 @@ def evaluate_method(name: str, learner, cfg) -> dict:
 def _fits(learner, cfg, alpha, batch, steps=(0, 1, 10)):
     """Predictions on a dense grid after the given numbers of steps, for the tasks in `batch`."""
     xs = np.linspace(-5, 5, 200)
-    source = test_source(cfg, batch["xs"].shape[1])
+    source = task_source(cfg, batch["xs"].shape[1])
     grid = source.inputs(np.tile(xs, (len(batch["amplitude"]), 1)), batch["amplitude"], batch["phase"])
     fast = maml.per_task(learner.model, learner.param_values(), len(grid))
     preds = {}
@@ -89,7 +91,7 @@ def figure_fits(learners, cfgs, metrics, path, n_tasks: int, seed: int, half: bo
     fig, axes = plt.subplots(len(rows) * n_tasks, 2, figsize=(10, 2.6 * len(rows) * n_tasks), squeeze=False)
     r = 0
     for k, support_range in rows:
-        source = test_source(cfgs["maml"], k, support_range=support_range)
+        source = task_source(cfgs["maml"], k, support_range=support_range)
         for j in range(n_tasks):
             batch = source.sample(tasks.stream_rng(seed, j), 1)
             for c, name in enumerate(("maml", "pretrained")):
