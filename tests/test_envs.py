@@ -484,3 +484,128 @@ def test_seeded_rollouts_are_deterministic():
         return np.concatenate(out)
 
     np.testing.assert_array_equal(rollout(), rollout())
+
+
+# ------------------------------------------------------------------ ant integration, shared model
+def test_ant_default_integration_is_rllab():
+    """One RK4 step of 0.02 s per env step (rllab's ant.xml), not two of 0.01 or five (Gymnasium)."""
+    for env_id in ("maml/AntVel-v0", "maml/AntDirOracle-v0"):
+        u = gym.make(env_id).unwrapped
+        assert u.frame_skip == 1
+        assert u.model.opt.timestep == 0.02
+        assert u.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
+        assert u.dt == pytest.approx(0.02)
+        assert u.metadata["render_fps"] == 50
+        u.reset(seed=0, options={"task": u.sample_tasks(1, 0)[0]})
+        u.step(np.zeros(8))
+        assert u.data.time == pytest.approx(0.02)  # one mj_step of 0.02 s
+    # the earlier integration (two RK4 steps of 0.01) and Gymnasium's (five) stay available
+    for kwargs, (timestep, frame_skip, dt) in [({"frame_skip": 2}, (0.01, 2, 0.02)),
+                                               ({"timestep": 0.01, "frame_skip": 2}, (0.01, 2, 0.02)),
+                                               ({"frame_skip": 5}, (0.01, 5, 0.05))]:
+        u = gym.make("maml/AntVel-v0", **kwargs).unwrapped
+        assert (u.model.opt.timestep, u.frame_skip) == (timestep, frame_skip)
+        assert u.dt == pytest.approx(dt)
+    with pytest.raises(ValueError):
+        gym.make("maml/AntVel-v0", timestep=0.0)
+
+
+def _sub_env_rollout(vec, tasks, seed, steps):
+    """Step the sub-envs one by one (as the RL sampler does), seeded Gaussian actions."""
+    menvs.set_tasks(vec, tasks)
+    obs, _ = vec.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    out = [np.asarray(obs)]
+    for _ in range(steps):
+        acts = rng.standard_normal((vec.num_envs,) + vec.single_action_space.shape)
+        for i, env in enumerate(vec.envs):
+            o, r, term, trunc, _ = env.step(acts[i])
+            out.append(np.r_[o, r, term, trunc])
+    return np.concatenate([np.ravel(x) for x in out])
+
+
+@pytest.mark.parametrize("env_id", ["maml/AntVel-v0", "maml/HalfCheetahDir-v0"])
+def test_shared_model_rollouts_are_bit_identical(env_id):
+    import pickle
+
+    from maml_tf.rl.sampler import make_vec_env
+
+    n, steps = 5, 60
+    own = make_vec_env(env_id, n, share_model=False)
+    shared = make_vec_env(env_id, n)  # the sampler's default
+    models = [e.unwrapped.model for e in shared.envs]
+    assert all(m is models[0] for m in models)
+    assert len({id(e.unwrapped.data) for e in shared.envs}) == n
+    assert len({id(e.unwrapped.model) for e in own.envs}) == n
+    tasks = shared.envs[0].unwrapped.sample_tasks(n, 3)
+    a = _sub_env_rollout(own, tasks, 11, steps)
+    b = _sub_env_rollout(shared, tasks, 11, steps)
+    np.testing.assert_array_equal(a, b)
+    # the vector env's own step (autoreset bookkeeping) on the same model gives the same too
+    oa, _ = own.reset(seed=5)
+    ob, _ = shared.reset(seed=5)
+    for k in range(10):
+        act = np.full((n,) + own.single_action_space.shape, np.sin(k), np.float32)
+        ra, rb = own.step(act), shared.step(act)
+        for x, y in zip(ra[:4], rb[:4]):
+            np.testing.assert_array_equal(x, y)
+    # nothing wrote to the shared model: it still equals a freshly loaded one
+    fresh = gym.make(env_id).unwrapped.model
+    assert pickle.dumps(models[0]) == pickle.dumps(fresh)
+    own.close()
+    shared.close()
+
+
+def test_ant_integration_check_return_matches_env_reward():
+    """integration_check computes every task's return from one simulated trajectory: it must be
+    the return the env itself pays for that task."""
+    from maml_tf.envs import integration_check as ic
+
+    acts = ic.policy_actions("gaussian", 4)
+    traj = ic.rollout(menvs.MetaAntEnv(task_type="velocity"), acts, 4)
+    for task in ({"velocity": 0.5}, {"velocity": 2.7}, {"direction": 1.0}, {"direction": -1.0}):
+        (task_type, _), = task.items()
+        env = menvs.MetaAntEnv(task_type=task_type)
+        env.reset(seed=4, options={"task": task})
+        ret, length = 0.0, 0
+        for a in acts:
+            _, r, term, _, _ = env.step(a)
+            ret, length = ret + r, length + 1
+            if term:
+                break
+        assert ic.episode_return(traj, task) == pytest.approx((ret, length), abs=1e-9)
+
+
+# Tolerances of test_ant_integrations_agree, from compare_integrations(n_traj=100) (seeds 0-99; the
+# integration_check module's table): the standard deviation over trajectories of the paired
+# difference (2 x RK4 0.01 minus 1 x RK4 0.02, same seed and actions) was 53 / 59 (gaussian / sine
+# policy) for the return of the goal-velocity-0.5 task, 69 / 76 for direction +1, and 75 / 66 for the
+# episode length.  The test pools both policies, 2 x 50 = 100 paired trajectories, so the standard
+# error of a mean difference is sd / 10; tolerance = 4 standard errors with sd rounded up to 60, 80
+# and 80 (a 4-sigma deviation has probability 6e-5 if the two integrations behave the same).  Measured
+# at n=100: +7.2 / +2.2, -2.6 / +5.6 and +5.5 / +4.8.  A wrong step (negative control: 2 x RK4 0.02,
+# dt 0.04) gave -33 / -41 and -87 / -88: it must fail the velocity and length criteria.
+_INTEGRATION_TOL = {"velocity 0.5": 24.0, "direction +1": 32.0, "length": 32.0}
+
+
+def test_ant_integrations_agree():
+    """Fixed policies (seeded Gaussian actions, a sine gait) from the same seeds: the mean return
+    and episode length under one RK4 step of 0.02 (default) and two of 0.01 (before) agree within
+    4 standard errors; a doubled dt (2 x RK4 0.02) is caught by the same criteria."""
+    from maml_tf.envs import integration_check as ic
+
+    tasks = {"velocity 0.5": ("velocity", 0.5), "direction +1": ("direction", 1.0)}
+    wrong = "2 x RK4 0.02 s (dt 0.04)"
+    out = ic.compare_integrations(n_traj=50, tasks=tasks, reference=False,
+                                  integrations={**ic.INTEGRATIONS, wrong: {"frame_skip": 2, "timestep": 0.02}})
+    old = list(ic.INTEGRATIONS)[1]
+
+    def pooled(second, task, key):
+        return float(np.mean(np.concatenate([p[key] for p in out["pairs"]
+                                             if p["second"] == second and p["task"] == task])))
+
+    for task in tasks:
+        assert abs(pooled(old, task, "return_diffs")) < _INTEGRATION_TOL[task], (task, out["pairs"])
+    assert abs(pooled(old, "velocity 0.5", "length_diffs")) < _INTEGRATION_TOL["length"]
+    assert abs(pooled(wrong, "velocity 0.5", "return_diffs")) > _INTEGRATION_TOL["velocity 0.5"]
+    assert abs(pooled(wrong, "velocity 0.5", "length_diffs")) > _INTEGRATION_TOL["length"]

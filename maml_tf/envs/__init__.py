@@ -19,8 +19,9 @@ id                              task                                   horizon
 
 Constructor options can be passed through ``gym.make(id, **kwargs)`` (e.g.
 ``reward_type="squared"`` for the point, ``frame_skip=5`` / ``obs_mode="rllab"`` /
-``velocity_mode="finite_difference"`` for the MuJoCo bodies); see ``point.py`` and
-``locomotion.py``.
+``velocity_mode="finite_difference"`` for the MuJoCo bodies, ``timestep`` / ``frame_skip=2`` for
+the ant's integration); see ``point.py`` and ``locomotion.py``.  ``integration_check.py`` compares
+the ant's integrations on fixed policies.
 
 Task API on every (unwrapped) env: ``sample_tasks(n, rng_or_seed)``, ``set_task(task)``,
 ``get_task()``, the ``task`` property, and ``reset(options={"task": task})``.

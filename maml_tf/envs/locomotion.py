@@ -58,9 +58,20 @@ Differences between Gymnasium's v5 bodies and the rllab ones used by the paper (
    ``timestep=0.02`` (RK4); neither defines the ``frame_skip`` numeric, so rllab's ``MujocoEnv``
    uses ``frame_skip = 1``: dt = 0.01 s (cheetah) and 0.02 s (ant); 200 steps = 2 s / 4 s.
    Gymnasium v5: cheetah ``timestep=0.01`` (Euler), ant ``timestep=0.01`` (RK4), both
-   ``frame_skip=5``: dt = 0.05 s.  **Default here: rllab's dt** - ``frame_skip=1`` for the cheetah
-   (dt 0.01, identical integration) and ``frame_skip=2`` for the ant (dt 0.02, as two RK4 steps of
-   0.01 instead of one of 0.02).  Pass ``frame_skip=5`` to ``gym.make`` for Gymnasium's dt.
+   ``frame_skip=5``: dt = 0.05 s.  **Default here: rllab's integration** - the cheetah with
+   ``frame_skip=1`` (one Euler step of 0.01 s: dt 0.01, identical integration); the ant loads
+   Gymnasium's ``ant.xml`` and sets the model's ``opt.timestep`` to 0.02 with ``frame_skip=1``
+   (one RK4 step of 0.02 s per env step: dt 0.02, as rllab).  Other choices: ``frame_skip=5`` for
+   Gymnasium's dt 0.05 (both bodies; the ant then keeps the XML's 0.01 timestep); for the ant,
+   ``frame_skip=2`` (or ``timestep=0.01, frame_skip=2``) gives two RK4 steps of 0.01 s, this
+   package's integration before the rllab one became the default (same dt 0.02, twice the physics
+   per env step).  ``maml_tf.envs.integration_check`` compares the two on fixed open-loop policies
+   from the same seeds: individual trajectories diverge (torso x ~1.3 m apart after 200 steps;
+   contacts make the ant chaotic), but mean returns and episode lengths agree within their 95% CIs
+   (100 trajectories per cell), while a doubled dt is clearly detected.  Note that MuJoCo's
+   ``refsafe`` (on by default) raises the contact ``solref`` time constant to 2 x timestep, so
+   with the 0.02 s step the contacts' 0.02 s becomes 0.04 s.  Ant runs trained with the earlier
+   integration must not be resumed under this default (their config does not record it).
 2. Actuators.  Cheetah: identical (ctrlrange [-1, 1], gears 120/90/60/120/60/30).  Ant: rllab has
    ``ctrlrange=[-150, 150]`` with gear 1; Gymnasium ``ctrlrange=[-1, 1]`` with ``gear=150``: the
    same torque range.  With the [-1, 1] interface the policy sees no difference, and rllab's ant
@@ -154,6 +165,7 @@ ANT_SURVIVE_REWARD = 0.05
 ANT_VELOCITY_BONUS = 1.0
 RLLAB_QPOS_NOISE = 0.01  # std of N(0, 1) noise added to init_qpos
 RLLAB_QVEL_NOISE = 0.1  # std of N(0, 1) noise added to init_qvel
+RLLAB_ANT_TIMESTEP = 0.02  # rllab's ant.xml: one RK4 step of 0.02 s per env step
 # MuJoCo >= 2 does not propagate NaN / huge values: it warns and resets mjData to qpos0.
 _BAD_STATE_WARNINGS = np.array([int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQVEL),
                                  int(mujoco.mjtWarning.mjWARN_BADQACC)])
@@ -184,6 +196,34 @@ class _MetaLocomotionMixin:
     """
 
     # ------------------------------------------------------------ construction
+    # Set by the subclass before the Gymnasium constructor runs (it calls _initialize_simulation).
+    _timestep: float | None = None  # None: the XML's opt.timestep
+    _shared_model: mujoco.MjModel | None = None
+
+    def _initialize_simulation(self):
+        """Load the XML's model (and set ``opt.timestep``), or reuse ``mj_model``: own ``MjData``.
+
+        The model is written only here, at load time (``opt.timestep``; Gymnasium's loader sets
+        ``vis.global_.offwidth/offheight``); stepping, resets, rewards and observations only write
+        ``MjData`` (``mj_step``, ``mj_forward``, ``mj_rnePostConstraint``, ``mj_subtreeVel``,
+        ``set_state``) and the renderer only reads the model.  So the sub-envs of one vector env
+        can each step their own ``MjData`` on one shared model (``maml_tf.rl.sampler.make_vec_env``)
+        with the same results bit for bit.  A shared model is never written: its timestep is
+        checked instead.
+        """
+        model = self._shared_model
+        if model is None:
+            model, data = super()._initialize_simulation()
+            if self._timestep is not None:
+                model.opt.timestep = self._timestep
+            return model, data
+        if not isinstance(model, mujoco.MjModel):
+            raise TypeError(f"mj_model must be a mujoco.MjModel, got {type(model).__name__}")
+        if self._timestep is not None and model.opt.timestep != self._timestep:
+            raise ValueError(f"mj_model has opt.timestep {model.opt.timestep}, this env needs {self._timestep}: "
+                             "build the shared model with the same timestep")
+        return model, mujoco.MjData(model)
+
     def _meta_init(self, task_type, oracle, velocity_mode, reset_mode, obs_mode, velocity_range, task):
         # a numpy view of mjData's warning counters (mjData lives as long as the env); building it
         # at every step would cost as much as the simulation step
@@ -350,6 +390,9 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
         obs_mode: ``"gymnasium"`` (17 numbers, default) or ``"rllab"`` (20).
         ctrl_cost_weight: 0.05 (official).
         velocity_range: goal-velocity range for ``sample_tasks`` (official (0, 2)).
+        mj_model: an ``mujoco.MjModel`` to step instead of loading the XML (this env gets its own
+            ``MjData``); it must come from an env built with the same arguments (``xml_file``).
+            Used by ``maml_tf.rl.sampler.make_vec_env`` to share one model between sub-envs.
         **kwargs: passed to Gymnasium's ``HalfCheetahEnv`` (e.g. ``render_mode``, ``xml_file``,
             ``reset_noise_scale`` for ``reset_mode="gymnasium"``).
     """
@@ -365,9 +408,11 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
         obs_mode: str = "gymnasium",
         ctrl_cost_weight: float = CHEETAH_CTRL_COST,
         velocity_range: tuple[float, float] = (0.0, 2.0),
+        mj_model: mujoco.MjModel | None = None,
         **kwargs,
     ):
         kwargs.setdefault("exclude_current_positions_from_observation", True)
+        self._shared_model = mj_model
         HalfCheetahEnv.__init__(self, frame_skip=frame_skip, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         self._meta_init(task_type, oracle, velocity_mode, reset_mode, obs_mode, velocity_range, task)
         utils.EzPickle.__init__(
@@ -381,6 +426,7 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
             obs_mode=obs_mode,
             ctrl_cost_weight=ctrl_cost_weight,
             velocity_range=velocity_range,
+            mj_model=mj_model,
             **kwargs,
         )
 
@@ -427,12 +473,19 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
 class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
     """Ant with the official MAML goal-velocity or goal-direction reward and termination.
 
+    Integration: by default rllab's, one RK4 step of 0.02 s per env step (Gymnasium's ``ant.xml``
+    is loaded, then its ``opt.timestep`` 0.01 is set to 0.02; ``frame_skip=1``; dt = 0.02 s).
+    ``frame_skip=2`` (with ``timestep`` left at None, or ``timestep=0.01``) gives this package's
+    earlier integration, two RK4 steps of 0.01 s (also dt 0.02 s); ``frame_skip=5`` gives
+    Gymnasium's five steps of 0.01 s (dt 0.05 s).
+
     Args:
         task_type: ``"velocity"`` (goal U[0, 3]) or ``"direction"`` (+1 / -1).
         task: initial task, optional.
         oracle: append the task parameter to the observation.
-        frame_skip: MuJoCo steps per env step; 2 (default) gives rllab's dt = 0.02 s,
-            5 gives Gymnasium's 0.05 s.
+        frame_skip: MuJoCo steps per env step (default 1).
+        timestep: the model's ``opt.timestep`` (the integrator stays the XML's RK4).  None
+            (default): 0.02 (rllab's) when ``frame_skip`` is 1, otherwise the XML's 0.01.
         velocity_mode: ``"com"`` (official) or ``"finite_difference"`` (torso x displacement / dt).
         reset_mode: ``"rllab"`` (default: init pose from the XML's init_qpos numeric, N(0, 0.01)
             position and N(0, 0.1) velocity noise) or ``"gymnasium"``.
@@ -443,6 +496,10 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
         velocity_bonus: 1.0, added every step in the velocity task only (official).
         healthy_z_range: (0.2, 1.0) (official and Gymnasium).
         velocity_range: goal-velocity range for ``sample_tasks`` (official (0, 3)).
+        mj_model: an ``mujoco.MjModel`` to step instead of loading the XML (this env gets its own
+            ``MjData``); it must come from an env built with the same arguments (its
+            ``opt.timestep`` is checked against ``timestep``, never written).  Used by
+            ``maml_tf.rl.sampler.make_vec_env`` to share one model between sub-envs.
         **kwargs: passed to Gymnasium's ``AntEnv``.
     """
 
@@ -451,7 +508,8 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
         task_type: str = "velocity",
         task: dict | None = None,
         oracle: bool = False,
-        frame_skip: int = 2,
+        frame_skip: int = 1,
+        timestep: float | None = None,
         velocity_mode: str = "com",
         reset_mode: str = "rllab",
         obs_mode: str = "gymnasium",
@@ -461,11 +519,19 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
         velocity_bonus: float = ANT_VELOCITY_BONUS,
         healthy_z_range: tuple[float, float] = (0.2, 1.0),
         velocity_range: tuple[float, float] = (0.0, 3.0),
+        mj_model: mujoco.MjModel | None = None,
         **kwargs,
     ):
         kwargs.setdefault("exclude_current_positions_from_observation", True)
         kwargs.setdefault("include_cfrc_ext_in_observation", True)
         kwargs.setdefault("contact_force_range", (-1.0, 1.0))
+        if timestep is None and int(frame_skip) == 1:
+            timestep = RLLAB_ANT_TIMESTEP
+        if timestep is not None and not (np.isfinite(timestep) and timestep > 0):
+            raise ValueError(f"timestep must be a positive number, got {timestep!r}")
+        # read by _initialize_simulation, which AntEnv.__init__ calls (so dt, render_fps agree)
+        self._timestep = None if timestep is None else float(timestep)
+        self._shared_model = mj_model
         AntEnv.__init__(
             self,
             frame_skip=frame_skip,
@@ -485,6 +551,7 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
             task=task,
             oracle=oracle,
             frame_skip=frame_skip,
+            timestep=timestep,
             velocity_mode=velocity_mode,
             reset_mode=reset_mode,
             obs_mode=obs_mode,
@@ -494,6 +561,7 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
             velocity_bonus=velocity_bonus,
             healthy_z_range=healthy_z_range,
             velocity_range=velocity_range,
+            mj_model=mj_model,
             **kwargs,
         )
 

@@ -30,11 +30,20 @@ def task_sampler(env_id: str, env_kwargs: dict | None = None) -> Callable:
     return fn
 
 
-def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict | None = None):
-    """Point: the native numpy vector env; MuJoCo: a SyncVectorEnv of `num_envs` sub-envs."""
+def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict | None = None, share_model: bool = True):
+    """Point: the native numpy vector env; MuJoCo: a SyncVectorEnv of `num_envs` sub-envs.
+
+    With `share_model` (default), the sub-envs of the package's MuJoCo ids step one `MjModel`
+    (loaded once, by a probe env built with the same kwargs), each its own `MjData`: ~0.6 MB less
+    per sub-env for the ant, same rollouts bit for bit (nothing writes to the model after
+    construction; see `locomotion._MetaLocomotionMixin._initialize_simulation`)."""
     kwargs = dict(env_kwargs or {})
     if env_id in menvs.POINT_IDS:
         return gym.make_vec(env_id, num_envs=num_envs, **kwargs)
+    if share_model and env_id in menvs.MUJOCO_IDS and "mj_model" not in kwargs:
+        probe = gym.make(env_id, **kwargs)
+        kwargs["mj_model"] = probe.unwrapped.model
+        probe.close()
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
 
 
