@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -233,6 +234,9 @@ def main(argv=None) -> int:
         extra = bench_rl.sampler_benchmark()
     except ImportError:
         pass
+    if args.only is None or args.only in "ant_integration":  # returns under the ant's two integrations
+        from maml_tf.envs import integration_check
+        print(f"wrote {integration_check.write(Path(args.out).parent.parent)}")
     load = os.getloadavg()
     out = {"written": records.now(), "commit": records.commit(), "machine": records.machine(),
            "load_average_at_start": load[0], "matmul_flops_per_second": rate, "settings": rows,
