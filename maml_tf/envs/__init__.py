@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from .point import Point2DEnv, Point2DVectorEnv, sample_point_tasks
+from .point import Point2DEnv, sample_point_tasks
+from .point_vector import Point2DVectorEnv
 
 __all__ = [
     "ENV_IDS",
@@ -60,20 +61,22 @@ __all__ = [
 ]
 
 _POINT = "maml_tf.envs.point"
-_LOCO = "maml_tf.envs.locomotion"
+_POINT_VEC = "maml_tf.envs.point_vector"
+_CHEETAH = "maml_tf.envs.cheetah"
+_ANT = "maml_tf.envs.ant"
 
 # id -> (entry point, kwargs, max_episode_steps, vector entry point)
 _SPECS: dict[str, tuple[str, dict, int, str | None]] = {
-    "maml/Point2D-v0": (f"{_POINT}:Point2DEnv", {}, 100, f"{_POINT}:Point2DVectorEnv"),
-    "maml/Point2DOracle-v0": (f"{_POINT}:Point2DEnv", {"oracle": True}, 100, f"{_POINT}:Point2DVectorEnv"),
-    "maml/HalfCheetahVel-v0": (f"{_LOCO}:HalfCheetahVelEnv", {}, 200, None),
-    "maml/HalfCheetahVelOracle-v0": (f"{_LOCO}:HalfCheetahVelEnv", {"oracle": True}, 200, None),
-    "maml/HalfCheetahDir-v0": (f"{_LOCO}:HalfCheetahDirEnv", {}, 200, None),
-    "maml/HalfCheetahDirOracle-v0": (f"{_LOCO}:HalfCheetahDirEnv", {"oracle": True}, 200, None),
-    "maml/AntVel-v0": (f"{_LOCO}:AntVelEnv", {}, 200, None),
-    "maml/AntVelOracle-v0": (f"{_LOCO}:AntVelEnv", {"oracle": True}, 200, None),
-    "maml/AntDir-v0": (f"{_LOCO}:AntDirEnv", {}, 200, None),
-    "maml/AntDirOracle-v0": (f"{_LOCO}:AntDirEnv", {"oracle": True}, 200, None),
+    "maml/Point2D-v0": (f"{_POINT}:Point2DEnv", {}, 100, f"{_POINT_VEC}:Point2DVectorEnv"),
+    "maml/Point2DOracle-v0": (f"{_POINT}:Point2DEnv", {"oracle": True}, 100, f"{_POINT_VEC}:Point2DVectorEnv"),
+    "maml/HalfCheetahVel-v0": (f"{_CHEETAH}:HalfCheetahVelEnv", {}, 200, None),
+    "maml/HalfCheetahVelOracle-v0": (f"{_CHEETAH}:HalfCheetahVelEnv", {"oracle": True}, 200, None),
+    "maml/HalfCheetahDir-v0": (f"{_CHEETAH}:HalfCheetahDirEnv", {}, 200, None),
+    "maml/HalfCheetahDirOracle-v0": (f"{_CHEETAH}:HalfCheetahDirEnv", {"oracle": True}, 200, None),
+    "maml/AntVel-v0": (f"{_ANT}:AntVelEnv", {}, 200, None),
+    "maml/AntVelOracle-v0": (f"{_ANT}:AntVelEnv", {"oracle": True}, 200, None),
+    "maml/AntDir-v0": (f"{_ANT}:AntDirEnv", {}, 200, None),
+    "maml/AntDirOracle-v0": (f"{_ANT}:AntDirEnv", {"oracle": True}, 200, None),
 }
 
 ENV_IDS: tuple[str, ...] = tuple(_SPECS)
@@ -113,12 +116,16 @@ def get_tasks(vec_env) -> list:
     return list(vec_env.get_attr("task"))
 
 
-def __getattr__(name):  # lazy access to the MuJoCo classes (PEP 562)
-    if name in ("MetaHalfCheetahEnv", "MetaAntEnv", "HalfCheetahVelEnv", "HalfCheetahDirEnv", "AntVelEnv", "AntDirEnv",
-                "sample_velocity_tasks", "sample_direction_tasks"):
-        from . import locomotion
+_LAZY = {"MetaHalfCheetahEnv": "cheetah", "HalfCheetahVelEnv": "cheetah", "HalfCheetahDirEnv": "cheetah",
+         "MetaAntEnv": "ant", "AntVelEnv": "ant", "AntDirEnv": "ant",
+         "sample_velocity_tasks": "locomotion", "sample_direction_tasks": "locomotion"}
 
-        return getattr(locomotion, name)
+
+def __getattr__(name):  # lazy access to the MuJoCo classes (PEP 562)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -39,7 +39,8 @@ import time
 
 import numpy as np
 
-from maml_tf.envs.locomotion import ANT_VELOCITY_BONUS, MetaAntEnv
+from maml_tf.envs.ant import MetaAntEnv
+from maml_tf.envs.locomotion import ANT_VELOCITY_BONUS
 
 __all__ = ["INTEGRATIONS", "POLICIES", "TASKS", "policy_actions", "task_for", "rollout", "episode_return",
            "compare_integrations", "format_table"]
@@ -220,7 +221,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write(results_dir, n_traj: int = 100) -> Path:
+def write(results_dir, n_traj: int = 100):
     """Run the comparison and write results_dir/bench/ant_integration.{json,md} with provenance."""
     from pathlib import Path as _Path
     from maml_tf import records
