@@ -35,6 +35,7 @@ Run ``python -m maml_tf.envs.integration_check [n_traj]`` for the tables.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -229,6 +230,7 @@ def write(results_dir, n_traj: int = 100):
     out = compare_integrations(n_traj=n_traj)
     out.update(commit=records.commit(), machine=records.machine(), written=records.now(),
                wall_time_s=round(time.perf_counter() - t0, 1), n_traj=n_traj)
+    out = json.loads(json.dumps(out, default=lambda o: o.tolist()))  # NumPy arrays as lists
     folder = _Path(results_dir) / "bench"
     records.write_json(folder / "ant_integration.json", out)
     text = ("# The ant's integration: one RK4 step of 0.02 s (rllab's, the default) against two of "
