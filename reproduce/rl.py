@@ -52,7 +52,9 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
     cfg = common.load(cfg_name, None if name == "random" else args.iterations, args.set)
     run_dir = common.run_dir(cfg, args.results) if name in BASE_METHODS else \
         args.results / cfg.experiment / name
-    if args.eval_only:
+    if args.eval_only and name == "random":  # its "training" is saving the initial policy: seconds
+        train_lib.train(cfg, run_dir, quiet=True)
+    elif args.eval_only:
         if not (run_dir / "checkpoints" / "checkpoint").exists():
             raise TrainingError(f"no checkpoint in {run_dir}: run `python -m reproduce.rl {env} --methods "
                                 f"{name}` without --eval-only to train it")
@@ -132,6 +134,8 @@ def table(results_dir: Path) -> str:
     for env in ENVS:
         path = results_dir / f"{env}.json"
         if not path.exists():
+            lines += [f"## {TITLES[env]}", "", f"Not trained yet: `make campaign` trains it (or `make "
+                      f"rl-{env.replace('_', '-')} TRAIN=1`).", ""]
             continue
         s = json.loads(path.read_text())
         paper, oracle = PAPER[env]
