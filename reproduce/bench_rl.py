@@ -42,9 +42,7 @@ def sampler_benchmark(meta_batch: int = 40, trajectories: int = 20, horizon: int
     import maml_tf.envs  # noqa: F401  (registers the ids)
     from maml_tf import nets, rl
 
-    probe = gym.make(ENV)
-    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
-    probe.close()
+    obs_dim, act_dim = rl.env_dims(ENV)
     model = nets.gaussian_mlp(obs_dim, act_dim)
     t0 = time.perf_counter()
     sampler = rl.Sampler(model, ENV, meta_batch, trajectories, horizon)

@@ -229,12 +229,11 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
         for k in range(max(steps) + 1):
             batch = s.sample(fast, [task], rl.seed_of(cfg.eval.seed, 1000, k))
             if k in steps:
-                raw = batch["raw"]
-                n = int(raw["lengths"][0, 0])
-                xy = raw["obs"][0, 0, :n]
+                n = int(batch.raw.lengths[0, 0])
+                xy = batch.raw.obs[0, 0, :n]
                 ls, label = styles.get(k, ("-", f"{k} steps"))
                 ax.plot(xy[:, 0], xy[:, 1], ls, label=label)
-            fast = maml.adapt(learner.model, fast, batch["obs"], rl.inner_targets(batch), rl.vpg_loss, 1,
+            fast = maml.adapt(learner.model, fast, batch.obs, rl.inner_targets(batch), rl.vpg_loss, 1,
                               maml.halving(alpha), shared=False, first_step=k)
         ax.plot(*task["goal"], "*", color="red", ms=12, label="goal")
         ax.plot(0, 0, "o", color="black", ms=4)

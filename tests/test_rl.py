@@ -90,36 +90,36 @@ def test_sampler_shapes_masks_and_seeding(point_sampler):
     # its trajectories end after one step and the rest is padding
     still = maml.per_task(m, params, 3)
     still["log_std"] = tf.constant([[0.0, 0.0], [-20.0, -20.0], [0.0, 0.0]])
-    short = point_sampler.sample(still, tasks, seed=5)["raw"]
-    np.testing.assert_array_equal(short["lengths"][1], 1)
-    assert np.all(short["lengths"][[0, 2]] > 1)
-    np.testing.assert_array_equal(short["mask"][1, :, 1:], 0)
-    np.testing.assert_array_equal(short["rewards"][1, :, 1:], 0)
-    raw = a["raw"]
-    assert raw["obs"].shape == (3, 4, 30, 2) and raw["actions"].shape == (3, 4, 30, 2)
-    assert raw["rewards"].shape == raw["mask"].shape == (3, 4, 30) and raw["lengths"].shape == (3, 4)
-    assert a["obs"].shape == (3, 120, 2) and a["adv"].shape == a["mask"].shape == (3, 120)
-    np.testing.assert_array_equal(raw["mask"], (np.arange(30) < raw["lengths"][..., None]))
-    assert np.all(raw["rewards"][raw["mask"] == 0] == 0) and np.all(a["adv"].numpy()[a["mask"].numpy() == 0] == 0)
-    np.testing.assert_allclose(a["returns"], raw["rewards"].sum(-1).mean(-1))
+    short = point_sampler.sample(still, tasks, seed=5).raw
+    np.testing.assert_array_equal(short.lengths[1], 1)
+    assert np.all(short.lengths[[0, 2]] > 1)
+    np.testing.assert_array_equal(short.mask[1, :, 1:], 0)
+    np.testing.assert_array_equal(short.rewards[1, :, 1:], 0)
+    raw = a.raw
+    assert raw.obs.shape == (3, 4, 30, 2) and raw.actions.shape == (3, 4, 30, 2)
+    assert raw.rewards.shape == raw.mask.shape == (3, 4, 30) and raw.lengths.shape == (3, 4)
+    assert a.obs.shape == (3, 120, 2) and a.adv.shape == a.mask.shape == (3, 120)
+    np.testing.assert_array_equal(raw.mask, (np.arange(30) < raw.lengths[..., None]))
+    assert np.all(raw.rewards[raw.mask == 0] == 0) and np.all(a.adv.numpy()[a.mask.numpy() == 0] == 0)
+    np.testing.assert_allclose(a.returns, raw.rewards.sum(-1).mean(-1))
     # point rewards: -distance to each task's own goal, after the move, from the origin
     goals = np.array([t["goal"] for t in tasks])
-    pos = raw["obs"][:, :, 1]                      # position after the first step
-    first_r = raw["rewards"][:, :, 0]
-    ok = raw["lengths"] > 1
+    pos = raw.obs[:, :, 1]                      # position after the first step
+    first_r = raw.rewards[:, :, 0]
+    ok = raw.lengths > 1
     np.testing.assert_allclose(first_r[ok], -np.linalg.norm(pos - goals[:, None], axis=-1)[ok], rtol=1e-5)
-    np.testing.assert_array_equal(raw["obs"][:, :, 0], 0.0)
+    np.testing.assert_array_equal(raw.obs[:, :, 0], 0.0)
     b = point_sampler.sample(params, tasks, seed=5)
     for k in ("obs", "actions", "rewards", "mask"):
-        np.testing.assert_array_equal(raw[k], b["raw"][k])
+        np.testing.assert_array_equal(getattr(raw, k), getattr(b.raw, k))
     c = point_sampler.sample(params, tasks, seed=6)
-    assert not np.array_equal(raw["actions"], c["raw"]["actions"])
+    assert not np.array_equal(raw.actions, c.raw.actions)
     # per-task parameters: task i's policy acts on task i's sub-environments only
     fast = maml.per_task(m, params, 3)
     fast["b3"] = tf.constant([[0.0, 0.0], [50.0, 50.0], [0.0, 0.0]])  # task 1 always moves +x +y
-    d = point_sampler.sample(fast, tasks, seed=5)["raw"]
-    assert np.all(d["actions"][1][d["mask"][1] > 0] > 10)
-    np.testing.assert_array_equal(d["actions"][0], raw["actions"][0])
+    d = point_sampler.sample(fast, tasks, seed=5).raw
+    assert np.all(d.actions[1][d.mask[1] > 0] > 10)
+    np.testing.assert_array_equal(d.actions[0], raw.actions[0])
 
 
 def test_sampler_on_half_cheetah_is_seeded():
@@ -127,9 +127,9 @@ def test_sampler_on_half_cheetah_is_seeded():
     tasks = rl.task_sampler("maml/HalfCheetahVel-v0")(2, 0)
     params = s.model.init(0)
     a, b = s.sample(params, tasks, 3), s.sample(params, tasks, 3)
-    assert a["raw"]["obs"].shape == (2, 2, 5, 17)
-    np.testing.assert_array_equal(a["raw"]["rewards"], b["raw"]["rewards"])
-    assert np.all(a["raw"]["mask"] == 1)
+    assert a.raw.obs.shape == (2, 2, 5, 17)
+    np.testing.assert_array_equal(a.raw.rewards, b.raw.rewards)
+    assert np.all(a.raw.mask == 1)
     s.close()
 
 
@@ -141,15 +141,15 @@ def test_inner_step_is_a_policy_gradient_step(point_sampler):
     tasks = rl.task_sampler(POINT)(3, 1)
     batch = point_sampler.sample(params, tasks, seed=2)
     alpha = 0.3
-    fast = maml.adapt(m, params, batch["obs"], rl.inner_targets(batch), rl.vpg_loss, 1, alpha)
+    fast = maml.adapt(m, params, batch.obs, rl.inner_targets(batch), rl.vpg_loss, 1, alpha)
     for i in range(3):
-        x = batch["obs"][i:i + 1]
+        x = batch.obs[i:i + 1]
         with tf.GradientTape() as tape:
             tape.watch(list(params.values()))
             mean, log_std = rl.split_dist(m.apply(params, x))
-            logp = rl.gaussian_log_prob(mean, log_std, batch["actions"][i:i + 1])[0]
-            mask = batch["mask"][i]
-            loss = -tf.reduce_sum(logp * batch["adv"][i] * mask) / tf.reduce_sum(mask)
+            logp = rl.gaussian_log_prob(mean, log_std, batch.actions[i:i + 1])[0]
+            mask = batch.mask[i]
+            loss = -tf.reduce_sum(logp * batch.adv[i] * mask) / tf.reduce_sum(mask)
         grads = tape.gradient(loss, params)
         for k in params:
             np.testing.assert_allclose(fast[k][i].numpy(), (params[k] - alpha * grads[k]).numpy(),
@@ -175,16 +175,16 @@ def test_maml_trpo_step_keeps_the_kl_bound(point_sampler):
     assert 0 < info["kl_after"] <= 0.01
     # recompute the pooled KL between the sampling post-update policy and the new post-update one
     d0 = rl.loss_inputs(batches[0])
-    new_fast = maml.adapt(m, learner.param_values(), batches[0]["obs"], rl.inner_targets(batches[0]),
+    new_fast = maml.adapt(m, learner.param_values(), batches[0].obs, rl.inner_targets(batches[0]),
                           rl.vpg_loss, 1, 0.1)
-    old_out = m.apply(batches["params1"], batches[1]["obs"])
-    new_out = m.apply(new_fast, batches[1]["obs"])
+    old_out = m.apply(batches["params1"], batches[1].obs)
+    new_out = m.apply(new_fast, batches[1].obs)
     kl = rl.gaussian_kl(*rl.split_dist(old_out), *rl.split_dist(new_out))
-    mask = batches[1]["mask"]
+    mask = batches[1].mask
     pooled = float(tf.reduce_sum(kl * mask) / tf.reduce_sum(mask))
     assert abs(pooled - info["kl_after"]) < 1e-4 and pooled <= 0.01 + 1e-6
     assert any(not np.allclose(theta[k].numpy(), learner.params[k].numpy()) for k in theta)
-    assert d0["obs"].shape == (3, 120, 2)
+    assert d0.obs.shape == (3, 120, 2)
 
 
 def test_meta_gradient_goes_through_the_inner_step(point_sampler):
@@ -202,7 +202,7 @@ def test_meta_gradient_goes_through_the_inner_step(point_sampler):
         d1 = learner.old_dist(fast, b1)
         loss, g = learner._loss_grad(theta, rl.loss_inputs(b0), d1)
         grads[name] = tf.concat([tf.reshape(g[k], [-1]) for k in sorted(g)], 0).numpy()
-        assert abs(float(loss) + float(tf.reduce_mean(rl.masked_task_mean(d1["adv"], d1["mask"])))) < 1e-4
+        assert abs(float(loss) + float(tf.reduce_mean(rl.masked_task_mean(d1.adv, d1.mask)))) < 1e-4
     assert np.linalg.norm(grads["so"] - grads["fo"]) > 1e-4 * np.linalg.norm(grads["fo"])
 
 

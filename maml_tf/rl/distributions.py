@@ -10,6 +10,7 @@ outputs side by side) and the losses on it, batched over tasks (leading axis T):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -69,12 +70,33 @@ def pooled_kl(out, old_mean, old_log_std, mask):
     return tf.reduce_sum(kl * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def loss_inputs(batch: dict) -> dict:
-    """The tensors of a batch that the compiled losses take."""
-    return {k: batch[k] for k in ("obs", "actions", "adv", "mask")}
+class Samples(NamedTuple):
+    """The tensors of a batch of rollouts that the compiled losses take, per task (leading axis T):
+    observations [T, N, d], actions [T, N, A], advantages and the valid-step mask [T, N]."""
+    obs: tf.Tensor
+    actions: tf.Tensor
+    adv: tf.Tensor
+    mask: tf.Tensor
 
 
-def inner_targets(batch: dict) -> tuple:
+class TRPOSamples(NamedTuple):
+    """The post-update samples of a TRPO step, with the sampling policy's distribution on them
+    (constants of the step): its mean and log-std [T, N, A] and the log-likelihood [T, N]."""
+    obs: tf.Tensor
+    actions: tf.Tensor
+    adv: tf.Tensor
+    mask: tf.Tensor
+    old_mean: tf.Tensor
+    old_log_std: tf.Tensor
+    old_logp: tf.Tensor
+
+
+def loss_inputs(batch) -> Samples:
+    """The tensors of a batch (a `sampler.RolloutBatch`) that the compiled losses take."""
+    return Samples(batch.obs, batch.actions, batch.adv, batch.mask)
+
+
+def inner_targets(batch) -> tuple:
     """What the inner loss `vpg_loss` compares the policy's output with: (actions, advantages,
-    mask), the `y` of `maml.adapt` (whose `x` is batch["obs"])."""
-    return batch["actions"], batch["adv"], batch["mask"]
+    mask), the `y` of `maml.adapt` (whose `x` is batch.obs)."""
+    return batch.actions, batch.adv, batch.mask

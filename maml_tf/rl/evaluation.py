@@ -23,9 +23,9 @@ def evaluate(model: nets.Model, params: dict, sampler: Sampler, tasks: list, ste
     per_step = []
     for s in range(steps + 1):
         batch = sampler.sample(fast, tasks, seed_of(seed, s))
-        per_step.append(np.asarray(batch["returns"], np.float64))
+        per_step.append(np.asarray(batch.returns, np.float64))
         if s < steps:
-            fast = maml.adapt(model, fast, batch["obs"], inner_targets(batch), vpg_loss, 1,
+            fast = maml.adapt(model, fast, batch.obs, inner_targets(batch), vpg_loss, 1,
                               maml.halving(alpha), shared=False, first_step=s)
     return {"returns": [float(r.mean()) for r in per_step],
             "ci95": [float(c) for c in ci95(np.stack(per_step))],

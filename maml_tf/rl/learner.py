@@ -23,9 +23,9 @@ import tensorflow as tf
 from maml_tf import maml, nets, trpo
 from maml_tf.config import RLConfig
 from maml_tf.loop import Score
-from maml_tf.rl.distributions import (gaussian_log_prob, inner_targets, loss_inputs, pooled_kl,
+from maml_tf.rl.distributions import (TRPOSamples, gaussian_log_prob, inner_targets, loss_inputs, pooled_kl,
                                       split_dist, surrogate_loss, vpg_loss)
-from maml_tf.rl.sampler import env_dims, sampler, seed_of, task_sampler
+from maml_tf.rl.sampler import RolloutBatch, env_dims, sampler, seed_of, task_sampler
 
 
 def build_model(cfg: RLConfig) -> nets.Model:
@@ -58,17 +58,17 @@ class PolicyLearner:
         def adapt(params, d0):  # the post-update parameters of every task
             if self.inner_steps == 0:
                 return params
-            return maml.adapt(model, params, d0["obs"], inner_targets(d0), vpg_loss, self.inner_steps,
+            return maml.adapt(model, params, d0.obs, inner_targets(d0), vpg_loss, self.inner_steps,
                               inner_lr, first_order)
 
         def loss(params, d0, d1):
-            out = model.apply(adapt(params, d0), d1["obs"])
-            y = (d1["actions"], d1["adv"], d1["mask"], d1["old_logp"])
+            out = model.apply(adapt(params, d0), d1.obs)
+            y = (d1.actions, d1.adv, d1.mask, d1.old_logp)
             return tf.reduce_mean(surrogate_loss(out, y))
 
         def kl(params, d0, d1):
-            out = model.apply(adapt(params, d0), d1["obs"])
-            return pooled_kl(out, d1["old_mean"], d1["old_log_std"], d1["mask"])
+            out = model.apply(adapt(params, d0), d1.obs)
+            return pooled_kl(out, d1.old_mean, d1.old_log_std, d1.mask)
 
         def loss_grad(params, d0, d1):
             return trpo.value_and_grad(lambda p: loss(p, d0, d1), params)
@@ -91,26 +91,24 @@ class PolicyLearner:
     def param_values(self) -> dict:
         return {k: v.value() for k, v in self.params.items()}
 
-    def old_dist(self, policy_params: dict, d1: dict) -> dict:
+    def old_dist(self, policy_params: dict, b1) -> TRPOSamples:
         """The sampling policy's distribution on its own samples (constants of the TRPO step)."""
-        mean, log_std = split_dist(self._dist(policy_params, d1["obs"]))
-        d = dict(loss_inputs(d1))
-        d["old_mean"], d["old_log_std"] = mean, log_std
-        d["old_logp"] = gaussian_log_prob(mean, log_std, d1["actions"])
-        return d
+        mean, log_std = split_dist(self._dist(policy_params, b1.obs))
+        return TRPOSamples(*loss_inputs(b1), old_mean=mean, old_log_std=log_std,
+                           old_logp=gaussian_log_prob(mean, log_std, b1.actions))
 
-    def iteration(self, sample: Callable[[dict, int], dict]) -> dict:
-        """One meta-iteration. `sample(policy_params, phase) -> batch` rolls out the current tasks
+    def iteration(self, sample: Callable[[dict, int], RolloutBatch]) -> dict:
+        """One meta-iteration. `sample(policy_params, phase) -> RolloutBatch` rolls out the current tasks
         (phase 0 pre-update, 1 post-update). Updates the variables in place; returns the metrics."""
         t0 = time.perf_counter()
         theta = self.param_values()
         b0 = sample(theta, 0)
-        info = {"pre_return": float(np.mean(b0["returns"]))}
+        info = {"pre_return": float(np.mean(b0.returns))}
         if self.inner_steps:
             d0 = loss_inputs(b0)
             fast = self._adapt(theta, d0)
             b1 = sample(fast, 1)
-            info["post_return"] = float(np.mean(b1["returns"]))
+            info["post_return"] = float(np.mean(b1.returns))
             d1 = self.old_dist(fast, b1)
         else:
             d0 = loss_inputs(b0)

@@ -7,7 +7,7 @@ arrays and the advantages of `advantages.process_paths`.
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +28,29 @@ def task_sampler(env_id: str, env_kwargs: dict | None = None) -> Callable:
     env = gym.make(env_id, **(env_kwargs or {}))
     fn = env.unwrapped.sample_tasks
     return fn
+
+
+class Rollouts(NamedTuple):
+    """Padded raw rollouts of T tasks x n trajectories x H steps (NumPy): observations [T, n, H, d],
+    actions [T, n, H, A], rewards and the valid-step mask [T, n, H] (0 after a trajectory ended),
+    lengths [T, n]."""
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+
+
+class RolloutBatch(NamedTuple):
+    """Rollouts as the losses take them, flat per task (float32 tensors): obs [T, n*H, d], actions
+    [T, n*H, A], advantages and mask [T, n*H]; with the mean undiscounted return of each task
+    (NumPy [T]) and the raw `Rollouts`."""
+    obs: tf.Tensor
+    actions: tf.Tensor
+    adv: tf.Tensor
+    mask: tf.Tensor
+    returns: np.ndarray
+    raw: Rollouts
 
 
 def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict | None = None, share_model: bool = True):
@@ -92,9 +115,8 @@ class Sampler:
             obs[i], rew[i], done[i] = o, r, term or trunc
         return obs, rew, done
 
-    def rollout(self, params: dict, tasks: list, seed: int) -> dict:
-        """Padded raw rollouts: obs [T, n, H, d], actions [T, n, H, A], rewards and mask [T, n, H],
-        lengths [T, n] (numpy)."""
+    def rollout(self, params: dict, tasks: list, seed: int) -> Rollouts:
+        """Padded raw rollouts (`Rollouts`)."""
         T, n, H = self.n_tasks, self.n_traj, self.horizon
         if len(tasks) != T:
             raise ValueError(f"the sampler rolls out {T} tasks at once, got {len(tasks)}")
@@ -122,22 +144,20 @@ class Sampler:
             if not alive.any():
                 break
         shape = (T, n, H)
-        return dict(obs=o_buf.reshape(shape + (self.obs_dim,)), actions=a_buf.reshape(shape + (self.act_dim,)),
-                    rewards=r_buf.reshape(shape), mask=m_buf.reshape(shape),
-                    lengths=m_buf.sum(-1).reshape(T, n).astype(np.int64))
+        return Rollouts(obs=o_buf.reshape(shape + (self.obs_dim,)), actions=a_buf.reshape(shape + (self.act_dim,)),
+                        rewards=r_buf.reshape(shape), mask=m_buf.reshape(shape),
+                        lengths=m_buf.sum(-1).reshape(T, n).astype(np.int64))
 
-    def sample(self, params: dict, tasks: list, seed: int) -> dict:
-        """Rollouts plus processed advantages and the flat per-task tensors the losses take:
-        obs [T, n*H, d], actions [T, n*H, A], adv and mask [T, n*H] (float32 tf tensors), and the
-        numpy `returns` [T] (mean undiscounted return per task) and raw arrays."""
+    def sample(self, params: dict, tasks: list, seed: int) -> RolloutBatch:
+        """Rollouts with their advantages, as the losses take them (`RolloutBatch`)."""
         raw = self.rollout(params, tasks, seed)
-        proc = advantages.process_paths(raw["obs"], raw["rewards"], mask=raw["mask"], gamma=self.discount,
+        proc = advantages.process_paths(raw.obs, raw.rewards, mask=raw.mask, gamma=self.discount,
                                         lam=self.gae_lambda)
-        T, n, H = raw["rewards"].shape
+        T, n, H = raw.rewards.shape
         flat = lambda x, *tail: tf.constant(np.reshape(x, (T, n * H) + tail), tf.float32)
-        return dict(obs=flat(raw["obs"], self.obs_dim), actions=flat(raw["actions"], self.act_dim),
-                    adv=flat(proc["advantages"]), mask=flat(raw["mask"]),
-                    returns=raw["rewards"].sum(-1).mean(-1), raw=raw)
+        return RolloutBatch(obs=flat(raw.obs, self.obs_dim), actions=flat(raw.actions, self.act_dim),
+                            adv=flat(proc["advantages"]), mask=flat(raw.mask),
+                            returns=raw.rewards.sum(-1).mean(-1), raw=raw)
 
 
 _SAMPLERS: dict = {}
