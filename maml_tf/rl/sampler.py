@@ -81,20 +81,15 @@ class Sampler:
 
     def __init__(self, model: nets.Model, env_id: str, n_tasks: int, n_traj: int, horizon: int,
                  env_kwargs: dict | None = None, discount: float = advantages.DISCOUNT,
-                 gae_lambda: float = advantages.GAE_LAMBDA):
+                 gae_lambda: float = advantages.GAE_LAMBDA, vec=None):
         self.model, self.env_id = model, env_id
         self.n_tasks, self.n_traj, self.horizon = n_tasks, n_traj, horizon
         self.discount, self.gae_lambda = discount, gae_lambda
-        self.vec = make_vec_env(env_id, n_tasks * n_traj, env_kwargs)
+        self.vec = vec if vec is not None else make_vec_env(env_id, n_tasks * n_traj, env_kwargs)
         self.obs_dim = int(np.prod(self.vec.single_observation_space.shape))
         self.act_dim = int(np.prod(self.vec.single_action_space.shape))
         self._dist = tf.function(lambda p, x: model.apply(p, x))
         self.env_steps = 0
-
-    def set_model(self, model: nets.Model) -> None:
-        """Roll out another policy model (same observation and action sizes) with these envs."""
-        self.model = model
-        self._dist = tf.function(lambda p, x: model.apply(p, x))
 
     def close(self):
         self.vec.close()
@@ -160,7 +155,7 @@ class Sampler:
                             returns=raw.rewards.sum(-1).mean(-1), raw=raw)
 
 
-_SAMPLERS: dict = {}
+_VEC_ENVS: dict = {}  # vector environments, reused by the samplers of one process (building 800 takes seconds)
 
 
 def env_dims(env_id: str, env_kwargs: dict | None = None) -> tuple[int, int]:
@@ -172,14 +167,11 @@ def env_dims(env_id: str, env_kwargs: dict | None = None) -> tuple[int, int]:
 
 
 def sampler(model: nets.Model, cfg: RLConfig, n_tasks: int, n_traj: int) -> Sampler:
-    """A (cached) sampler for the config's environment; vector envs are reused across calls of the
-    same shape, the policy function is rebound to `model`."""
-    key = (cfg.env, json.dumps(cfg.env_kwargs, sort_keys=True), n_tasks, n_traj, cfg.train.horizon)
-    s = _SAMPLERS.get(key)
-    if s is None:
-        s = Sampler(model, cfg.env, n_tasks, n_traj, cfg.train.horizon, cfg.env_kwargs,
-                       cfg.train.discount, cfg.train.gae_lambda)
-        _SAMPLERS[key] = s
-    elif s.model is not model:
-        s.set_model(model)
-    return s
+    """A sampler of `model` on the config's environment, with the config's discount and GAE
+    lambda. The vector environment (the expensive part) is shared by the samplers of the same
+    environment and shape in this process; each sampler has its own policy and settings."""
+    key = (cfg.env, json.dumps(cfg.env_kwargs, sort_keys=True), n_tasks * n_traj)
+    if key not in _VEC_ENVS:
+        _VEC_ENVS[key] = make_vec_env(cfg.env, n_tasks * n_traj, cfg.env_kwargs)
+    return Sampler(model, cfg.env, n_tasks, n_traj, cfg.train.horizon, cfg.env_kwargs, cfg.train.discount,
+                   cfg.train.gae_lambda, vec=_VEC_ENVS[key])
