@@ -74,9 +74,21 @@ def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
              "miniimagenet/conv_5w5s_first_order", "rl/cheetah_vel/maml", "rl/cheetah_dir/maml",
              "omniglot/conv_20w1s", "rl/ant_vel/maml", "rl/ant_dir/maml", "omniglot/conv_20w5s"]
     assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
-    # every seed run has its own directory
-    dirs = [r.run_dir(Path("results")) for r in campaign.QUEUE]
-    assert len(set(dirs)) == len(dirs)
+    # MiniImagenet in two stages: a first budget right after the Omniglot 5-way cells, the paper's
+    # after half-cheetah, both ahead of Omniglot 20-way and ant
+    for cfg, _, first in campaign.MINIIMAGENET:
+        stages = [i for i, r in enumerate(campaign.QUEUE) if r.config == cfg]
+        assert [campaign.QUEUE[i].budget() for i in stages] == [first, 60000]
+        assert names.index("omniglot/conv_5w5s") < stages[0] < names.index("rl/cheetah_vel/maml")
+        assert names.index("rl/cheetah_dir/oracle") < stages[1] < names.index("omniglot/conv_20w1s")
+    # every run has its own directory (a run queued in stages: one directory, growing budgets)
+    dirs = {}
+    for r in campaign.QUEUE:
+        dirs.setdefault(r.run_dir(Path("results")), []).append(r)
+    for d, rs in dirs.items():
+        assert len({r.config for r in rs}) == 1 and len({r.seed for r in rs}) == 1, d
+        budgets = [r.budget() for r in rs]
+        assert budgets == sorted(set(budgets)), d
 
 
 def _fake_python(tmp_path: Path) -> str:
