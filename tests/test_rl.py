@@ -276,3 +276,85 @@ def test_rl_table_and_figures_from_results(tmp_path):
     assert any("PARTIAL" in f for f in summary["findings"])
     paths = rl_repro.figures(out)
     assert [p.name for p in paths] == ["fig4_point.png"] and paths[0].stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- the sampler, bit for bit
+
+def _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed):
+    """What `Sampler.rollout` returns, by a plain loop over wrapped `gym.make` envs: sub-env i runs
+    trajectory i % n_traj of task i // n_traj and is reset with seed `seed + i`; once per step the
+    policy runs on all observations [T, n_traj, d] (float32) and the actions are mean + std * noise
+    (float32), the noise drawn for all sub-envs from `default_rng([seed, 7])`; a trajectory ends at
+    termination or truncation (the TimeLimit wrapper's included), after which its observation stays
+    its last one, its actions are still drawn and its rewards and mask are 0; once all have ended,
+    the remaining steps are zeros."""
+    import gymnasium as gym
+
+    T, n = len(tasks), n_traj
+    N = T * n
+    policy = tf.function(lambda p, x: model.apply(p, x))
+    envs = [gym.make(env_id) for _ in range(N)]
+    obs = []
+    for i, env in enumerate(envs):
+        env.unwrapped.set_task(tasks[i // n])
+        obs.append(env.reset(seed=seed + i)[0])
+    rng = np.random.default_rng([seed, 7])
+    alive = [True] * N
+    o_seq, a_seq, r_seq, m_seq = [], [], [], []
+    for _ in range(horizon):
+        o = np.array(obs, np.float32)
+        out = policy(params, tf.constant(o.reshape(T, n, -1))).numpy()
+        mean, log_std = np.split(out, 2, axis=-1)
+        act = (mean + np.exp(log_std) * rng.standard_normal(mean.shape)).astype(np.float32).reshape(N, -1)
+        rew = np.zeros(N)
+        o_seq.append(o), a_seq.append(act), m_seq.append(np.array(alive, np.float64))
+        for i in range(N):
+            if alive[i]:
+                obs[i], rew[i], term, trunc, _ = envs[i].step(act[i])
+                alive[i] = not (term or trunc)
+        r_seq.append(rew)
+        if not any(alive):
+            break
+    for env in envs:
+        env.close()
+    pad = horizon - len(o_seq)
+    seq = lambda xs: np.concatenate([np.stack(xs, 1), np.zeros((N, pad) + xs[0].shape[1:], xs[0].dtype)], 1)
+    mask = seq(m_seq).reshape(T, n, horizon)
+    return rl.Rollouts(obs=seq(o_seq).reshape(T, n, horizon, -1), actions=seq(a_seq).reshape(T, n, horizon, -1),
+                       rewards=seq(r_seq).reshape(T, n, horizon), mask=mask, lengths=mask.sum(-1).astype(np.int64))
+
+
+@pytest.mark.parametrize("env_id, n_tasks, n_traj, horizon, per_task, std_shift, ends", [
+    ("maml/HalfCheetahVel-v0", 3, 2, 30, True, 0.0, "horizon"),
+    ("maml/HalfCheetahVel-v0", 2, 2, 203, False, 0.0, "time limit"),  # the registered 200 steps
+    ("maml/AntVel-v0", 2, 3, 120, True, 2.0, "terminations"),         # wild actions: the ant falls
+])
+def test_sampler_rollout_is_bit_identical_to_a_plain_loop(env_id, n_tasks, n_traj, horizon, per_task,
+                                                          std_shift, ends):
+    """The sampler (unwrapped sub-envs, its own time limit, in-place buffers) returns exactly the
+    observations, actions, rewards, masks and lengths of a plain loop over wrapped envs."""
+    obs_dim, act_dim = rl.env_dims(env_id)
+    model = _policy(obs_dim, act_dim, hidden=(32, 32))
+    params = model.init(4)
+    if per_task:  # a different policy for every task
+        params = maml.per_task(model, params, n_tasks)
+        params = {k: v + 0.1 * tf.random.stateless_normal(tf.shape(v), [7, j])
+                  for j, (k, v) in enumerate(sorted(params.items()))}
+    params = {**params, "log_std": params["log_std"] + std_shift}
+    tasks = rl.task_sampler(env_id)(n_tasks, 5)
+    s = rl.Sampler(model, env_id, n_tasks, n_traj, horizon)
+    seed = 11
+    got = s.rollout(params, tasks, seed)
+    ref = _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed)
+    s.close()
+    for k in rl.Rollouts._fields:
+        a, b = getattr(got, k), getattr(ref, k)
+        assert a.dtype == b.dtype and a.shape == b.shape, (k, a.dtype, b.dtype, a.shape, b.shape)
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    assert s.env_steps == ref.mask.sum()
+    if ends == "horizon":
+        assert np.all(ref.lengths == horizon)
+    elif ends == "time limit":
+        assert np.all(ref.lengths == 200)
+    else:
+        assert ref.lengths.min() < horizon // 2 and ref.lengths.max() > ref.lengths.min()

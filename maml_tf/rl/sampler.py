@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 import tensorflow as tf
 
 import maml_tf.envs as menvs
@@ -70,6 +71,41 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict | None = None, sha
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", **kwargs)
 
 
+_CHECKING_WRAPPERS = (OrderEnforcing, PassiveEnvChecker)
+
+
+def _sub_env_steps(vec) -> tuple[list, int | None] | None:
+    """How `Sampler.rollout` steps a vector env: None for a native vector env (stepped whole); for
+    a SyncVectorEnv, the step functions of its sub-envs and the time limit to apply to them.
+
+    `gym.make_vec(..., vectorization_mode="sync")` builds every sub-env with `gym.make`, which wraps
+    it in TimeLimit(OrderEnforcing(PassiveEnvChecker(env))). The two checkers only check: the call
+    order (a rollout always resets before it steps) and, on the first step ever, the types of what
+    step returns; neither changes anything. TimeLimit only sets `truncated` once
+    `max_episode_steps` steps have passed since the reset, which the rollout applies itself (every
+    sub-env is reset at t = 0, so it is step t with t + 1 >= limit). With exactly these wrappers
+    the unwrapped envs are stepped: same observations, rewards and ends, without three Python calls
+    per env step. With any other wrapper, the wrapped envs are stepped (limit None: the wrappers
+    apply theirs)."""
+    envs = getattr(vec, "envs", None)
+    if envs is None:
+        return None
+    steps, limits = [], set()
+    for env in envs:
+        limit, inner = None, env
+        while isinstance(inner, gym.Wrapper):
+            if type(inner) is TimeLimit and limit is None:
+                limit = int(inner._max_episode_steps)
+            elif type(inner) not in _CHECKING_WRAPPERS:
+                return [e.step for e in envs], None
+            inner = inner.env
+        steps.append(inner.step)
+        limits.add(limit)
+    if len(limits) != 1:
+        return [e.step for e in envs], None
+    return steps, limits.pop()
+
+
 class Sampler:
     """Rollouts of n_tasks x n_traj trajectories of `horizon` steps at once.
 
@@ -89,57 +125,75 @@ class Sampler:
         self.obs_dim = int(np.prod(self.vec.single_observation_space.shape))
         self.act_dim = int(np.prod(self.vec.single_action_space.shape))
         self._dist = tf.function(lambda p, x: model.apply(p, x))
+        self._sub_envs = _sub_env_steps(self.vec)
         self.env_steps = 0
 
     def close(self):
         self.vec.close()
 
     def _step(self, obs, act, alive):
-        """One step of every live sub-env: (obs, rewards, done). A SyncVectorEnv's sub-envs are
-        stepped directly, and only while their trajectory lasts: its own step() costs more than the
-        MuJoCo step itself (per-env info merging, autoreset bookkeeping), and a finished
-        trajectory's later steps would be padding anyway. The native point vector env steps all."""
-        if not hasattr(self.vec, "envs"):
-            obs, rew, term, trunc, _ = self.vec.step(act)
-            return obs, rew, np.asarray(term) | np.asarray(trunc)
-        obs = np.array(obs, copy=True)
-        rew = np.zeros(len(act))
-        done = np.zeros(len(act), bool)
-        for i in np.flatnonzero(alive):
-            o, r, term, trunc, _ = self.vec.envs[i].step(act[i])
-            obs[i], rew[i], done[i] = o, r, term or trunc
-        return obs, rew, done
+        """One step of the native point vector env (it steps every sub-env): (obs, rewards, done)."""
+        obs, rew, term, trunc, _ = self.vec.step(act)
+        return obs, rew, np.asarray(term) | np.asarray(trunc)
 
     def rollout(self, params: dict, tasks: list, seed: int) -> Rollouts:
-        """Padded raw rollouts (`Rollouts`)."""
+        """Padded raw rollouts (`Rollouts`).
+
+        The sub-envs of a SyncVectorEnv are stepped one by one, and only while their trajectory
+        lasts: the vector env's own step() costs more than the MuJoCo step itself (per-env info
+        merging, autoreset bookkeeping), and a finished trajectory's later steps would be padding
+        anyway. Where `_sub_env_steps` allows it they are stepped unwrapped, their time limit
+        applied here. The native point vector env steps all at once (`_step`)."""
         T, n, H = self.n_tasks, self.n_traj, self.horizon
         if len(tasks) != T:
             raise ValueError(f"the sampler rolls out {T} tasks at once, got {len(tasks)}")
-        N = T * n
+        N, d = T * n, self.obs_dim
         menvs.set_tasks(self.vec, [task for task in tasks for _ in range(n)])
         obs, _ = self.vec.reset(seed=int(seed))
         rng = np.random.default_rng([int(seed), 7])
         params = {k: tf.convert_to_tensor(v) for k, v in params.items()}
-        o_buf = np.zeros((N, H, self.obs_dim), np.float32)
+        o_buf = np.zeros((N, H, d), np.float32)
         a_buf = np.zeros((N, H, self.act_dim), np.float32)
         r_buf = np.zeros((N, H), np.float64)
         m_buf = np.zeros((N, H), np.float64)
         alive = np.ones(N, bool)
+        if self._sub_envs is not None:
+            steps, limit = self._sub_envs
+            # every sub-env's latest observation (a finished trajectory keeps its last one), in the
+            # vector env's dtype, written in place; the sub-envs still running
+            obs, live = np.array(obs, copy=True).reshape(N, d), list(range(N))
         for t in range(H):
-            o = np.asarray(obs, np.float32).reshape(N, self.obs_dim)
-            out = self._dist(params, tf.constant(o.reshape(T, n, self.obs_dim))).numpy()
+            o = o_buf[:, t]
+            o[...] = np.reshape(obs, (N, d))  # cast to float32 (as the policy takes them)
+            out = self._dist(params, tf.constant(o.reshape(T, n, d))).numpy()
             mean, log_std = split_dist(out)
             act = (mean + np.exp(log_std) * rng.standard_normal(mean.shape)).astype(np.float32)
             act = act.reshape(N, self.act_dim)
-            o_buf[:, t], a_buf[:, t], m_buf[:, t] = o, act, alive
-            obs, rew, done = self._step(obs, act, alive)
-            self.env_steps += int(alive.sum())
-            r_buf[:, t] = np.where(alive, rew, 0.0)
-            alive = alive & ~done
-            if not alive.any():
-                break
+            a_buf[:, t], m_buf[:, t] = act, alive
+            if self._sub_envs is None:
+                obs, rew, done = self._step(obs, act, alive)
+                self.env_steps += int(alive.sum())
+                r_buf[:, t] = np.where(alive, rew, 0.0)
+                alive = alive & ~done
+                if not alive.any():
+                    break
+                continue
+            self.env_steps += len(live)
+            rew, ended = r_buf[:, t], []
+            for i in live:
+                obs_i, rew[i], term, trunc, _ = steps[i](act[i])
+                obs[i] = obs_i
+                if term or trunc:
+                    ended.append(i)
+            if limit is not None and t + 1 >= limit:
+                ended = live  # TimeLimit: truncated once max_episode_steps steps have passed
+            if ended:
+                alive[ended] = False
+                live = np.flatnonzero(alive).tolist()
+                if not live:
+                    break
         shape = (T, n, H)
-        return Rollouts(obs=o_buf.reshape(shape + (self.obs_dim,)), actions=a_buf.reshape(shape + (self.act_dim,)),
+        return Rollouts(obs=o_buf.reshape(shape + (d,)), actions=a_buf.reshape(shape + (self.act_dim,)),
                         rewards=r_buf.reshape(shape), mask=m_buf.reshape(shape),
                         lengths=m_buf.sum(-1).reshape(T, n).astype(np.int64))
 
