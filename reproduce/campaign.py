@@ -386,6 +386,7 @@ class Campaign:
         is made up for by the next campaign."""
         reported = _reported(self.results, self.queue)
         return [r for r in self.queue if r.report
+                and (r.run_dir(self.results) / "checkpoints" / "checkpoint").exists()  # else nothing to evaluate
                 and done_iterations(r.run_dir(self.results)) != reported.get(r.name, 0)]
 
     def report(self, threads: int) -> None:
