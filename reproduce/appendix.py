@@ -245,6 +245,14 @@ def context_pilot(args) -> int:
         for z, c in sorted(v["candidates"].items(), key=lambda kv: int(kv[0])):
             chosen = "**yes**" if v["chosen_z_dim"] == int(z) else ""
             lines.append(f"| {setting} | {z} | {c['iterations']} / {c['budget']} | {c['summary']} | {chosen} |")
+    lines.append("")
+    for setting, v in settings.items():  # what the pilots say so far, in words
+        scored = {int(z): c["score"] for z, c in v["candidates"].items() if c["score"] is not None
+                  and c["iterations"] >= c["budget"]}
+        if len(scored) >= 2:
+            best = max(scored, key=scored.get)
+            edge = " (the largest size tried: a larger one may be better still)" if best == max(map(int, v["candidates"])) else ""
+            lines.append(f"- {setting}: so far z_dim = {best} scores best of {sorted(scored)}{edge}.")
     path = args.results / "appendix" / "context_pilot.json"
     if not records.same_results(path, out) or not (path.parent / "context_pilot.md").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
