@@ -114,4 +114,4 @@ def same_results(path: str | Path, data, ignore=PROVENANCE_KEYS) -> bool:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return _same(old, json.loads(json.dumps(data)), ignore)
+    return same_data(old, data, ignore)

@@ -131,7 +131,7 @@ class Sampler:
     def close(self):
         self.vec.close()
 
-    def _step(self, obs, act, alive):
+    def _step(self, act):
         """One step of the native point vector env (it steps every sub-env): (obs, rewards, done)."""
         obs, rew, term, trunc, _ = self.vec.step(act)
         return obs, rew, np.asarray(term) | np.asarray(trunc)
@@ -171,7 +171,7 @@ class Sampler:
             act = act.reshape(N, self.act_dim)
             a_buf[:, t], m_buf[:, t] = act, alive
             if self._sub_envs is None:
-                obs, rew, done = self._step(obs, act, alive)
+                obs, rew, done = self._step(act)
                 self.env_steps += int(alive.sum())
                 r_buf[:, t] = np.where(alive, rew, 0.0)
                 alive = alive & ~done
