@@ -24,10 +24,11 @@ import tensorflow as tf
 
 BN_EPSILON = 1e-3
 # conv4(impl="per_task"): up to LOOP_MAX_TASKS tasks are a Python loop (one graph per task: a
-# replica's share of the meta-batch, an evaluation batch of 4); more a tf.map_fn running
-# MAP_PARALLEL_TASKS at a time (one graph for all: 27 s to compile 10 steps against 93 s for a
-# loop over 20 tasks, but 28% slower per task)
-LOOP_MAX_TASKS = 4
+# replica's share of the meta-batch, up to Omniglot 20-way 5-shot's 16 on one core; a MiniImagenet
+# evaluation batch of 4); more a tf.map_fn running MAP_PARALLEL_TASKS at a time (one graph for all:
+# 27 s to compile 10 steps against 93 s for a loop over 20 tasks, but 28% slower per task; the
+# 20-way 5-shot step on one core: 7.5 s as a map, 5.95 s as a loop, compile 32 s against 95 s)
+LOOP_MAX_TASKS = 16
 MAP_PARALLEL_TASKS = 2
 
 
@@ -222,10 +223,11 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
         for one XLA program per step; fastest for Omniglot's small images and large meta-batch;
       * "per_task": a loop over the (few) tasks of the batch, each task's network written with
         TensorFlow's own kernels (oneDNN `conv2d` and its backprops, `max_pool2d`), to run
-        without XLA (`train.xla: false`): MiniImagenet's meta-step is about 2.8x faster so
-        (README, Benchmark). Up to LOOP_MAX_TASKS tasks (a replica's share of the meta-batch, the
-        MiniImagenet configs' evaluation batch) are a Python loop; more a `tf.map_fn`, whose
-        compile time does not grow with the tasks but which runs about a quarter slower."""
+        without XLA (`train.xla: false`): MiniImagenet's meta-step is about 2.8x faster so, and
+        Omniglot 20-way 5-shot's (200 images per task) 1.6x (README, Benchmark). Up to
+        LOOP_MAX_TASKS tasks (a replica's share of the meta-batch, the MiniImagenet configs'
+        evaluation batch) are a Python loop; more a `tf.map_fn`, whose compile time does not grow
+        with the tasks but which runs about a quarter slower."""
     if impl not in ("batched", "per_task"):
         raise ValueError(f"conv4 impl must be 'batched' or 'per_task', got {impl!r}")
     act, size = ACTIVATIONS[activation], image_size

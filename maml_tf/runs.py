@@ -28,6 +28,8 @@ class TrainingError(RuntimeError):
 # sizes and clipping that recover a diverged run (the change takes effect from the resumed
 # iteration on and is recorded in sessions.jsonl)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
+# model.* keys that may change likewise: how the same function is computed (nets.conv4's impl)
+RESUMABLE_MODEL_CHANGES = {"impl"}
 RECOVERY_CHANGES = {"meta_lr", "inner_lr", "grad_clip", "max_kl"}
 
 
@@ -85,8 +87,8 @@ def claim(run_dir: str | Path):
 
 def check_resume(run_dir: Path, cfg) -> dict:
     """Refuse to resume the run in `run_dir` with a config that changes anything but the budget
-    and bookkeeping keys, the recovery keys (step sizes, clipping) and the evaluation, which does
-    not touch training. Returns the recovery keys that change: {"train.meta_lr": [old, new]}."""
+    and bookkeeping keys, the recovery keys (step sizes, clipping), how the model is computed
+    (model.impl: the same function) and the evaluation, which does not touch training. Returns the recovery keys that change: {"train.meta_lr": [old, new]}."""
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
@@ -100,7 +102,7 @@ def check_resume(run_dir: Path, cfg) -> dict:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in set(a) | set(b):
                 if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES | RECOVERY_CHANGES) \
-                        and section != "eval":
+                        and not (section == "model" and k in RESUMABLE_MODEL_CHANGES) and section != "eval":
                     raise TrainingError(
                         f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
                         f"has {b.get(k)!r}. Resume with the original config, or train into a new run "

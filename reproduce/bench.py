@@ -15,6 +15,10 @@ or without XLA as the config's train.xla says. The evaluation rows time one batc
 takes over half a second are timed 10 times at most; the first call (tracing and compilation) is
 reported as the compile time.
 
+The RL rows (`reproduce/bench_rl.py`): the half-cheetah sampler's env steps per second beside raw
+stepping, and one MAML-TRPO iteration phase by phase beside its floors, on one core alone and two
+side by side.
+
     python -m reproduce.bench [--repeats 30] [--threads N] [--out results/bench/latest.json]
 """
 from __future__ import annotations
@@ -97,7 +101,7 @@ def op_flops(op) -> int:
                 for c, d in zip(letters, _dims(x.shape)):
                     sizes[c] = d
             return int(2 * np.prod(list(sizes.values())))
-        if t == "Conv2D":  # (the per-task conv4 of MiniImagenet; the batched nets use matmuls)
+        if t == "Conv2D":  # (the per-task conv4: MiniImagenet, Omniglot 20-way 5-shot; the batched one uses matmuls)
             kh, kw, cin, _ = _dims(op.inputs[1].shape)
             return int(2 * np.prod(_dims(op.outputs[0].shape)) * kh * kw * cin)
         if t in ("Conv2DBackpropInput", "Conv2DBackpropFilter"):  # (filter, dy) or (x, sizes, dy)
@@ -119,6 +123,8 @@ SETTINGS = {
     "sinusoid_first_order": ("sinusoid/maml", {"train.first_order": True}),
     "omniglot_5w1s_conv_second_order": ("omniglot/conv_5w1s", {}),
     "omniglot_5w1s_conv_first_order": ("omniglot/conv_5w1s", {"train.first_order": True}),
+    "omniglot_20w1s_conv_second_order": ("omniglot/conv_20w1s", {}),
+    "omniglot_20w5s_conv_second_order": ("omniglot/conv_20w5s", {}),
     "miniimagenet_5w1s_second_order": ("miniimagenet/conv_5w1s", {}),
     "miniimagenet_5w1s_first_order": ("miniimagenet/conv_5w1s_first_order", {}),
     "miniimagenet_5w5s_second_order": ("miniimagenet/conv_5w5s", {}),
@@ -228,10 +234,12 @@ def main(argv=None) -> int:
             if args.only is None or args.only in n]
     rows += [bench_eval(n, c, o, args.repeats, rate) for n, (c, o) in EVAL_SETTINGS.items()
              if args.only is None or args.only in n]
-    extra = []
+    extra, rl_iteration = [], None
     try:
         from reproduce import bench_rl
         extra = bench_rl.sampler_benchmark()
+        if args.only is None or args.only in "rl_iteration":  # one MAML-TRPO iteration, alone and side by side
+            rl_iteration = bench_rl.side_by_side(machine_matmul_rate(1))
     except ImportError:
         pass
     if args.only is None or args.only in "ant_integration":  # returns under the ant's two integrations
@@ -240,7 +248,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     out = {"written": records.now(), "commit": records.commit(), "machine": records.machine(),
            "load_average_at_start": load[0], "matmul_flops_per_second": rate, "settings": rows,
-           "rl_sampler": extra}
+           "rl_sampler": extra, "rl_iteration": rl_iteration}
     records.write_json(args.out, out)
     print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s (float32); load average {load[0]:.2f}")
     print(f"{'setting':36s} {'s/iter':>9s} {'GFLOP/iter':>11s} {'floor s':>9s} {'ratio':>6s} {'compile s':>9s}")
@@ -250,6 +258,14 @@ def main(argv=None) -> int:
               f"{r['floor_seconds']:9.4f} {r['ratio_to_floor']:6.2f} {r['compile_seconds']:9.1f}{tasks_s}")
     for r in extra:
         print(f"{r['name']:36s} {r['env_steps_per_second']:12.0f} env steps/s")
+    if rl_iteration:
+        r = rl_iteration
+        print(f"{r['name']}: {r['iteration_seconds']:.1f} s, {r['iteration_to_raw_stepping']:.2f}x raw stepping "
+              f"of its {r['env_steps']} steps; sampling {r['sampling_seconds']:.1f} s, optimisation "
+              f"{r['optimisation_seconds']:.1f} s; two side by side: "
+              + ", ".join(f"{x:.2f}x" for x in r["side_by_side_to_alone"]) + " its time alone")
+        for name, ph in r["phases"].items():
+            print(f"  {name:24s} {ph['seconds']:8.3f} s  {ph['ratio_to_floor']:5.2f}x floor ({ph['floor']})")
     return 0
 
 

@@ -18,11 +18,15 @@ over the unwrapped raw row's, from the same run. The rows are timed in turn, `re
 (interleaved, so a change of the machine's load hits all of them); `load_average` is os.getloadavg()
 after the last round. On a busy machine compare the CPU ratios.
 Run with one thread (OMP_NUM_THREADS=1) for the one-core numbers.
+
+`iteration_benchmark()` times one whole MAML-TRPO iteration phase by phase against its floors, and
+`side_by_side()` runs it alone and as two processes at once (`python -m reproduce.bench_rl --iteration`).
 """
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -142,15 +146,162 @@ def sampler_benchmark(meta_batch: int = 40, trajectories: int = 20, horizon: int
     return out
 
 
+PHASES = ("sample_pre", "adapt", "sample_post", "old_dist", "trpo_step")
+
+
+def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None = None, repeats: int = 2,
+                        sets: tuple = ()) -> dict:
+    """One MAML-TRPO meta-iteration of `config` on its real rollouts, phase by phase, beside its floors.
+
+    Phases (wall seconds, the fastest of `repeats` iterations after a first, tracing one): sampling
+    before and after the inner step, the inner step, the sampling policy's distribution, and the
+    TRPO step (loss gradient, the CG search direction, the line search). Alone, each piece the TRPO
+    step is made of: one loss gradient, one KL gradient (a finite-difference Hessian-vector product
+    takes two), the direction (cg_iters + 1 products: the CG iterations and s^T H s) and one
+    line-search candidate (loss and KL). Floors: the sampling phases' env steps at the rate of one
+    unwrapped environment stepped alone (measured here), and each TensorFlow piece's matmul FLOPs
+    (read off its traced graph, as `reproduce.bench`) at `rate`, the one-thread matmul rate."""
+    import maml_tf.envs  # noqa: F401
+    from maml_tf import rl, trpo
+    from reproduce import bench, common
+
+    cfg = common.load(config, sets=list(sets))
+    run = rl.RLRun(cfg)
+    run.begin(0, 1)
+    pol, smp, t = run.policy, run._sampler, cfg.train
+    tasks = run._tasks(t.meta_batch, rl.seed_of(cfg.seed, 0, 0))
+    sample = lambda p, phase: smp.sample(p, tasks, rl.seed_of(cfg.seed, 0, 1 + phase))
+    kl_grad = tf.function(lambda p, d0, d1: trpo.value_and_grad(lambda q: pol.kl(q, d0, d1), p))
+
+    def one(timed: dict) -> tuple:
+        def clock(name, fn, *args):
+            w = time.perf_counter()
+            out = fn(*args)
+            timed.setdefault(name, []).append(time.perf_counter() - w)
+            return out
+        theta = pol.param_values()
+        steps = smp.env_steps
+        b0 = clock("sample_pre", sample, theta, 0)
+        d0 = rl.loss_inputs(b0)
+        fast = clock("adapt", pol._adapt, theta, d0)
+        b1 = clock("sample_post", sample, fast, 1)
+        d1 = clock("old_dist", pol.old_dist, fast, b1)
+        env_steps = smp.env_steps - steps
+        # the pieces alone (not part of the iteration), then the TRPO step as the iteration runs it
+        # (eager CPU calls return computed tensors: no .numpy() needed to wait for them)
+        _, grads = clock("loss_gradient", pol._loss_grad, theta, d0, d1)
+        g = trpo._flat_grads(grads, theta)
+        clock("kl_gradient", kl_grad, theta, d0, d1)
+        clock("direction", pol._direction, theta, g, d0, d1)
+        clock("line_search_candidate", pol._loss_kl, theta, d0, d1)
+        info = clock("trpo_step", lambda: trpo.trpo_step(
+            theta, loss_fn=lambda p: pol._loss(p, d0, d1), kl_fn=lambda p: pol._kl(p, d0, d1),
+            loss_grad_fn=lambda p: pol._loss_grad(p, d0, d1), loss_kl_fn=lambda p: pol._loss_kl(p, d0, d1),
+            direction_fn=lambda p, g: pol._direction(p, g, d0, d1), **pol.trpo_args)[1])
+        return theta, d0, d1, env_steps, info
+
+    w = time.perf_counter()
+    one({})  # traces and runs every function once
+    first_s = time.perf_counter() - w
+    timed: dict = {}
+    for _ in range(repeats):
+        theta, d0, d1, env_steps, info = one(timed)
+    best = {k: min(v) for k, v in timed.items()}
+    raw_row, raw_run = _raw(cfg.env, 20000, t.horizon, unwrapped=True)
+    raw_s = min(_timed(raw_run)[0] for _ in range(2)) / raw_row["steps"]  # seconds per env step
+    smp.close()
+
+    def flops(fn, *args) -> int:
+        return bench.graph_flops(fn.get_concrete_function(*args).graph)
+    fl = {"adapt": flops(pol._adapt, theta, d0),
+          "old_dist": flops(pol._dist, theta, d1.obs),
+          "loss_gradient": flops(pol._loss_grad, theta, d0, d1),
+          "kl_gradient": flops(kl_grad, theta, d0, d1),
+          "line_search_candidate": flops(pol._loss_kl, theta, d0, d1)}
+    hvps = t.cg_iters + 1
+    fl["direction"] = 2 * hvps * fl["kl_gradient"]
+    tries = info["n_backtracks"] + 1
+    fl["trpo_step"] = fl["loss_gradient"] + fl["direction"] + tries * fl["line_search_candidate"]
+    rows = {}
+    for name, sec in best.items():
+        if name.startswith("sample"):
+            floor = env_steps / 2 * raw_s
+            what = f"{env_steps // 2} env steps at the raw rate"
+        else:
+            floor = fl[name] / rate if rate else None
+            what = f"{fl[name] / 1e9:.2f} GFLOP at the matmul rate"
+        rows[name] = {"seconds": sec, "floor_seconds": floor, "floor": what,
+                      "ratio_to_floor": sec / floor if floor else None, "flops": fl.get(name)}
+    iteration = sum(best[k] for k in PHASES)
+    optimisation = sum(best[k] for k in ("adapt", "old_dist", "trpo_step"))
+    sampling = best["sample_pre"] + best["sample_post"]
+    return {"name": f"MAML-TRPO iteration, {config}", "config": config, "overrides": list(sets), "meta_batch": t.meta_batch,
+            "trajectories": t.trajectories, "horizon": t.horizon, "env_steps": env_steps,
+            "cg_iters": t.cg_iters, "line_search_candidates": tries, "xla": t.xla,
+            "iteration_seconds": iteration, "sampling_seconds": sampling,
+            "optimisation_seconds": optimisation, "optimisation_to_sampling": optimisation / sampling,
+            "raw_stepping_seconds": env_steps * raw_s, "iteration_to_raw_stepping": iteration / (env_steps * raw_s),
+            "direction_to_its_kl_gradients": best["direction"] / (2 * hvps * best["kl_gradient"]),
+            "first_iteration_seconds": first_s, "matmul_flops_per_second": rate, "phases": rows,
+            "repeats": repeats, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
 def maml_tf_per_task(model, n_tasks: int) -> dict:
     """Per-task copies of the initial policy (the post-update sampling case)."""
     from maml_tf import maml
     return maml.per_task(model, model.init(0), n_tasks)
 
 
+def side_by_side(rate: float, config: str = "rl/cheetah_vel/maml", repeats: int = 1) -> dict:
+    """`iteration_benchmark` in one child process on one core alone, then in two at once (the two
+    cores both busy, as the campaign trains RL runs one per core): each run's iteration time side by
+    side over its time alone."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from reproduce import common
+
+    def children(n: int) -> list[dict]:
+        with tempfile.TemporaryDirectory() as tmp:
+            outs = [Path(tmp) / f"{i}.json" for i in range(n)]
+            procs = [subprocess.Popen([sys.executable, "-m", "reproduce.bench_rl", "--iteration", "--config", config,
+                                       "--rate", str(rate), "--repeats", str(repeats), "--json", str(o)],
+                                      cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                     for o in outs]
+            for p in procs:
+                if p.wait() != 0:
+                    raise RuntimeError(f"bench_rl --iteration failed: {p.stderr.read()[-2000:]}")
+            return [json.loads(o.read_text()) for o in outs]
+
+    alone = children(1)[0]
+    pair = children(2)
+    return {**alone, "name": f"{alone['name']} (one core)",
+            "side_by_side_iteration_seconds": [r["iteration_seconds"] for r in pair],
+            "side_by_side_to_alone": [r["iteration_seconds"] / alone["iteration_seconds"] for r in pair],
+            "side_by_side_phases": [{k: v["seconds"] for k, v in r["phases"].items()} for r in pair]}
+
+
 if __name__ == "__main__":
+    import argparse
+    import json
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench_rl", description=__doc__.split("\n\n")[0])
+    p.add_argument("--iteration", action="store_true", help="time one MAML-TRPO iteration phase by phase "
+                   "(iteration_benchmark) instead of the sampler")
+    p.add_argument("--config", default="rl/cheetah_vel/maml")
+    p.add_argument("--rate", type=float, default=None, help="one-thread float32 matmul rate, FLOP/s (the floors)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the iteration record here")
+    args = p.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.iteration:
+        rec = iteration_benchmark(args.config, args.rate, args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rec, indent=1))
+        print(json.dumps(rec, indent=1))
+        raise SystemExit(0)
     rows = sampler_benchmark()
     print(f"load average {rows[-1]['load_average']}; ratios: time per env step / the unwrapped single env's")
     for row in rows:

@@ -3,6 +3,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import yaml
 import tensorflow as tf
 
 from maml_tf import config, evaluate, maml, runs, supervised, tasks, train
@@ -167,3 +168,18 @@ def test_batches_follow_the_seeded_stream_and_pass_on_sampling_errors():
             raise ValueError("corrupt episode")
     with pytest.raises(ValueError, match="corrupt episode"):
         list(supervised.batches(Broken(), 0, 0, 3, 4))
+
+
+def test_resume_may_change_how_the_conv_net_is_computed_not_the_net(tmp_path):
+    """model.impl (batched or per-task: the same function, tests/test_nets.py) may change when a run
+    resumes, as Omniglot 20-way 5-shot's did; any other model key is a different experiment."""
+    raw = {"experiment": "t", "task": {"kind": "omniglot", "way": 5, "shot": 1, "query": 1},
+           "model": {"kind": "conv4", "n_out": 5, "channels": 1, "filters": 8, "image_size": 28,
+                     "max_pool": False}, "train": {"iterations": 10}}
+    first = config.from_dict(raw)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(first.to_dict()))
+    assert runs.check_resume(tmp_path, config.from_dict(
+        {**raw, "model": {**raw["model"], "impl": "per_task"},
+         "train": {"iterations": 10, "xla": False}})) == {}
+    with pytest.raises(train.TrainingError, match="model.filters"):
+        runs.check_resume(tmp_path, config.from_dict({**raw, "model": {**raw["model"], "filters": 16}}))

@@ -81,6 +81,7 @@ class PolicyLearner:
                                         base_eps=fd_base_eps)
             return fn(params, g)
 
+        self.kl = kl  # the pure function (`make bench` times one of its gradients: an HVP takes two)
         compile_ = lambda f: tf.function(f, jit_compile=xla)
         self._loss, self._kl = compile_(loss), compile_(kl)
         self._loss_grad, self._loss_kl = compile_(loss_grad), compile_(loss_kl)
