@@ -10,6 +10,7 @@ them. In RL the context joins the observation at every time step.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from maml_tf import nets
@@ -67,6 +68,29 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
         return inner.apply(rest, concat_context(natural(x), params["z"]))
 
     return inner._replace(init=init, apply=apply, frozen=names)
+
+
+def reach_through_batch_norm(z_dim: int = 8, seed: int = 0, images: int = 5) -> dict:
+    """Where z reaches the Omniglot conv4 net (stride 2, 64 filters, at initialisation): the mean
+    |change| of the first block's output (conv, batch norm with the task's statistics, ReLU) when z
+    goes from zeros to a normal(0, 1) draw, at the interior pixels and at the last row and column
+    (whose windows reach into the zero padding), beside the mean |activation|. In the interior z
+    adds one constant per channel, which batch norm's mean subtraction removes: what is left there
+    comes through the statistics, which the border pixels shift."""
+    rng = np.random.default_rng(seed)
+    model = nets.conv4(5, 1 + z_dim, 64, 28, max_pool=False)
+    p = model.init(seed)
+    x = tf.constant(rng.random((1, images, 28, 28, 1)), tf.float32)
+
+    def block1(z):
+        h = nets.conv3x3(concat_context(x, tf.constant(z, tf.float32)), p["conv1"], p["b1"], 2)
+        return tf.nn.relu(nets.batch_norm(h, p["bn1"])).numpy()[0]
+
+    a, b = block1(np.zeros(z_dim)), block1(rng.normal(size=z_dim))
+    d = np.abs(a - b)
+    border = np.concatenate([d[:, -1, :, :].ravel(), d[:, :-1, -1, :].ravel()])
+    return {"interior": float(d[:, :-1, :-1].mean()), "border": float(border.mean()),
+            "activation": float(np.abs(a).mean()), "z_dim": z_dim}
 
 
 nets.BUILDERS["context"] = context  # a `model` section may say `kind: context` (see maml_tf.config)

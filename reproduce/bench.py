@@ -24,6 +24,7 @@ side by side.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -212,6 +213,24 @@ def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: fl
             "repeats": repeats}
 
 
+def merged(old: dict, new: dict, only: str) -> dict:
+    """The record of a partial run (--only) merged into the previous one: its rows replace those of
+    the same name, the others stay with their own `measured` run (rows written before rows carried
+    it get the old record's)."""
+    was = {k: old.get(k) for k in ("written", "commit", "load_average_at_start", "matmul_flops_per_second")}
+    out = {**new, "updated_only": only}
+
+    def rows(key: str) -> list:
+        fresh = {r["name"] for r in new.get(key) or []}
+        kept = [{"measured": was, **r} for r in old.get(key) or [] if r["name"] not in fresh]
+        return kept + list(new.get(key) or [])
+    for key in ("settings", "rl_sampler", "rl_iterations"):
+        out[key] = rows(key)
+    order = list(SETTINGS) + list(EVAL_SETTINGS)
+    out["settings"].sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m reproduce.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,7 +239,9 @@ def main(argv=None) -> int:
                         "over half a second); the median is reported")
     p.add_argument("--out", default=str(common.RESULTS / "bench" / "latest.json"),
                    help="where the JSON record goes (default results/bench/latest.json)")
-    p.add_argument("--only", default=None, help="run only the settings whose name contains this")
+    p.add_argument("--only", default=None, help="run only the settings whose name contains this (and the "
+                   "RL rows when it is part of 'rl_iteration', the ant check likewise); the other rows "
+                   "of --out stay, each with the run that measured it")
     p.add_argument("--threads", type=int, default=0, help="CPU cores to use (default: all)")
     p.add_argument("--rate-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -234,21 +255,27 @@ def main(argv=None) -> int:
             if args.only is None or args.only in n]
     rows += [bench_eval(n, c, o, args.repeats, rate) for n, (c, o) in EVAL_SETTINGS.items()
              if args.only is None or args.only in n]
-    extra, rl_iteration = [], None
+    extra, rl_iterations = [], []
     try:
         from reproduce import bench_rl
         extra = bench_rl.sampler_benchmark()
-        if args.only is None or args.only in "rl_iteration":  # one MAML-TRPO iteration, alone and side by side
-            rl_iteration = bench_rl.side_by_side(machine_matmul_rate(1))
+        if args.only is None or args.only in "rl_iteration":  # one MAML-TRPO iteration, phase by phase
+            rate1 = machine_matmul_rate(1)
+            rl_iterations = [bench_rl.side_by_side(rate1),  # half-cheetah alone and two side by side
+                             bench_rl.in_children(rate1, "rl/ant_vel/maml")[0]]  # the ant alone
     except ImportError:
         pass
     if args.only is None or args.only in "ant_integration":  # returns under the ant's two integrations
         from maml_tf.envs import integration_check
         print(f"wrote {integration_check.write(Path(args.out).parent.parent)}")
     load = os.getloadavg()
-    out = {"written": records.now(), "commit": records.commit(), "machine": records.machine(),
-           "load_average_at_start": load[0], "matmul_flops_per_second": rate, "settings": rows,
-           "rl_sampler": extra, "rl_iteration": rl_iteration}
+    run = {"written": records.now(), "commit": records.commit(), "load_average_at_start": load[0],
+           "matmul_flops_per_second": rate}
+    for r in rows + extra + rl_iterations:
+        r["measured"] = run  # each row's own run: a partial re-run (--only) keeps the other rows
+    out = {**run, "machine": records.machine(), "settings": rows, "rl_sampler": extra, "rl_iterations": rl_iterations}
+    if args.only is not None and Path(args.out).exists():
+        out = merged(json.loads(Path(args.out).read_text()), out, args.only)
     records.write_json(args.out, out)
     print(f"matmul rate: {rate / 1e9:.1f} GFLOP/s (float32); load average {load[0]:.2f}")
     print(f"{'setting':36s} {'s/iter':>9s} {'GFLOP/iter':>11s} {'floor s':>9s} {'ratio':>6s} {'compile s':>9s}")
@@ -258,12 +285,12 @@ def main(argv=None) -> int:
               f"{r['floor_seconds']:9.4f} {r['ratio_to_floor']:6.2f} {r['compile_seconds']:9.1f}{tasks_s}")
     for r in extra:
         print(f"{r['name']:36s} {r['env_steps_per_second']:12.0f} env steps/s")
-    if rl_iteration:
-        r = rl_iteration
+    for r in rl_iterations:
+        pair = ("; two side by side: " + ", ".join(f"{x:.2f}x" for x in r["side_by_side_to_alone"])
+                + " its time alone") if "side_by_side_to_alone" in r else ""
         print(f"{r['name']}: {r['iteration_seconds']:.1f} s, {r['iteration_to_raw_stepping']:.2f}x raw stepping "
               f"of its {r['env_steps']} steps; sampling {r['sampling_seconds']:.1f} s, optimisation "
-              f"{r['optimisation_seconds']:.1f} s; two side by side: "
-              + ", ".join(f"{x:.2f}x" for x in r["side_by_side_to_alone"]) + " its time alone")
+              f"{r['optimisation_seconds']:.1f} s; peak memory {r['peak_resident_gb']:.2f} GB{pair}")
         for name, ph in r["phases"].items():
             print(f"  {name:24s} {ph['seconds']:8.3f} s  {ph['ratio_to_floor']:5.2f}x floor ({ph['floor']})")
     return 0

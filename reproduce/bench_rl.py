@@ -25,6 +25,7 @@ Run with one thread (OMP_NUM_THREADS=1) for the one-core numbers.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -243,6 +244,7 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
             "raw_stepping_seconds": env_steps * raw_s, "iteration_to_raw_stepping": iteration / (env_steps * raw_s),
             "direction_to_its_kl_gradients": best["direction"] / (2 * hvps * best["kl_gradient"]),
             "first_iteration_seconds": first_s, "matmul_flops_per_second": rate, "phases": rows,
+            "peak_resident_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
             "repeats": repeats, "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -252,10 +254,8 @@ def maml_tf_per_task(model, n_tasks: int) -> dict:
     return maml.per_task(model, model.init(0), n_tasks)
 
 
-def side_by_side(rate: float, config: str = "rl/cheetah_vel/maml", repeats: int = 1) -> dict:
-    """`iteration_benchmark` in one child process on one core alone, then in two at once (the two
-    cores both busy, as the campaign trains RL runs one per core): each run's iteration time side by
-    side over its time alone."""
+def in_children(rate: float, config: str, n: int = 1, repeats: int = 1) -> list[dict]:
+    """`iteration_benchmark` in `n` child processes at once, each on one thread (its own peak memory)."""
     import json
     import subprocess
     import sys
@@ -263,20 +263,24 @@ def side_by_side(rate: float, config: str = "rl/cheetah_vel/maml", repeats: int 
 
     from reproduce import common
 
-    def children(n: int) -> list[dict]:
-        with tempfile.TemporaryDirectory() as tmp:
-            outs = [Path(tmp) / f"{i}.json" for i in range(n)]
-            procs = [subprocess.Popen([sys.executable, "-m", "reproduce.bench_rl", "--iteration", "--config", config,
-                                       "--rate", str(rate), "--repeats", str(repeats), "--json", str(o)],
-                                      cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                     for o in outs]
-            for p in procs:
-                if p.wait() != 0:
-                    raise RuntimeError(f"bench_rl --iteration failed: {p.stderr.read()[-2000:]}")
-            return [json.loads(o.read_text()) for o in outs]
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [Path(tmp) / f"{i}.json" for i in range(n)]
+        procs = [subprocess.Popen([sys.executable, "-m", "reproduce.bench_rl", "--iteration", "--config", config,
+                                   "--rate", str(rate), "--repeats", str(repeats), "--json", str(o)],
+                                  cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for o in outs]
+        for p in procs:
+            if p.wait() != 0:
+                raise RuntimeError(f"bench_rl --iteration failed: {p.stderr.read()[-2000:]}")
+        return [json.loads(o.read_text()) for o in outs]
 
-    alone = children(1)[0]
-    pair = children(2)
+
+def side_by_side(rate: float, config: str = "rl/cheetah_vel/maml", repeats: int = 1) -> dict:
+    """`iteration_benchmark` in one child process on one core alone, then in two at once (the two
+    cores both busy, as the campaign trains RL runs one per core): each run's iteration time side by
+    side over its time alone."""
+    alone = in_children(rate, config, 1, repeats)[0]
+    pair = in_children(rate, config, 2, repeats)
     return {**alone, "name": f"{alone['name']} (one core)",
             "side_by_side_iteration_seconds": [r["iteration_seconds"] for r in pair],
             "side_by_side_to_alone": [r["iteration_seconds"] / alone["iteration_seconds"] for r in pair],

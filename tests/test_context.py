@@ -47,6 +47,15 @@ def test_context_is_concatenated_channel_wise_over_every_pixel():
     assert conv.apply(p, tf.zeros([2, 5, 28, 28, 1])).shape == (2, 5, 5)
 
 
+def test_batch_norm_removes_a_channel_wise_context_except_near_the_padded_border():
+    """Why z reaches the conv net weakly (results/appendix/context.md): in the interior its
+    contribution is one constant per channel, which batch norm with the task's statistics removes;
+    the pixels whose windows reach into the zero padding carry most of what is left."""
+    r = context.reach_through_batch_norm(z_dim=8)
+    assert r["border"] > 3 * r["interior"], r
+    assert r["interior"] < 0.5 * r["activation"], r
+
+
 def test_a_policy_with_a_context_vector_sees_it_at_every_time_step():
     policy = context.context({"kind": "gaussian_mlp", "hidden": [8]}, z_dim=2, obs_dim=3, act_dim=2)
     p = policy.init(1)
