@@ -131,8 +131,11 @@ def fit_linear(features, targets, mask, reg_coeff: float = BASELINE_REG_COEFF,
     nf = feats.shape[-1]
     fm = (feats * m[..., None]).reshape(lead + (-1, nf))
     yv = y.reshape(lead + (-1,))
-    gram = np.einsum("...nf,...ng->...fg", fm, fm)
-    rhs = np.einsum("...nf,...n->...f", fm, yv)
+    # as matmuls (BLAS): np.einsum's own loop took 15.6 s for the ant's 40 tasks x 4000 steps x 214
+    # features against 0.41 s (the same sums in another order: 6e-15 relative)
+    fmt = np.swapaxes(fm, -1, -2)
+    gram = fmt @ fm
+    rhs = (fmt @ yv[..., None])[..., 0]
     gram2 = gram.reshape((-1, nf, nf))
     rhs2 = rhs.reshape((-1, nf))
     coeffs = np.empty_like(rhs2)

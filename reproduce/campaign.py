@@ -42,6 +42,8 @@ from maml_tf import records
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "reproduce" / "configs"
 RESULTS = ROOT / "results"
+# a worker trains on one core (--threads 1): NumPy's BLAS (the RL baseline's least squares) too
+ONE_CORE_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +308,7 @@ class Campaign:
             out.flush()
             self.running[run] = subprocess.Popen(run.command(self.python, self.results), cwd=self.cwd,
                                                  stdout=out, stderr=subprocess.STDOUT,
-                                                 start_new_session=True)
+                                                 start_new_session=True, env=ONE_CORE_ENV)
         self.log(f"campaign: started {run.name} at {done_iterations(run.run_dir(self.results))} / "
                  f"{run.budget(self.cwd)} (pid {self.running[run].pid}, log {log_path})")
         if self.stopping:  # a stop that came while it was starting
