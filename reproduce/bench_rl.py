@@ -261,13 +261,14 @@ def in_children(rate: float, config: str, n: int = 1, repeats: int = 1) -> list[
     import sys
     import tempfile
 
-    from reproduce import common
+    from reproduce import campaign, common
 
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"{i}.json" for i in range(n)]
         procs = [subprocess.Popen([sys.executable, "-m", "reproduce.bench_rl", "--iteration", "--config", config,
                                    "--rate", str(rate), "--repeats", str(repeats), "--json", str(o)],
-                                  cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=campaign.ONE_CORE_ENV)  # as the campaign's workers
                  for o in outs]
         for p in procs:
             if p.wait() != 0:
