@@ -71,25 +71,29 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
 
 
 def reach_through_batch_norm(z_dim: int = 8, seed: int = 0, images: int = 5) -> dict:
-    """Where z reaches the Omniglot conv4 net (stride 2, 64 filters, at initialisation): the mean
-    |change| of the first block's output (conv, batch norm with the task's statistics, ReLU) when z
-    goes from zeros to a normal(0, 1) draw, at the interior pixels and at the last row and column
-    (whose windows reach into the zero padding), beside the mean |activation|. In the interior z
-    adds one constant per channel, which batch norm's mean subtraction removes: what is left there
-    comes through the statistics, which the border pixels shift."""
+    """Where z reaches the Omniglot conv4 net (stride 2, 64 filters, at initialisation), when it goes
+    from zeros to a normal(0, 1) draw, on `images` random images:
+      * before_norm: the mean |shift| of the first convolution's output at the interior pixels,
+        and constant_deviation: how far that shift is from one constant per channel (the largest
+        difference between two interior pixels of a channel: zero up to float32 rounding);
+      * interior / border: the mean |change| of the first block's output (batch norm with the
+        task's statistics, then ReLU) at the interior pixels and at the last row and column,
+        whose windows reach into the zero padding; activation: its mean |value|.
+    Batch norm's mean subtraction takes a channel-wise constant out, so what is left of z in the
+    interior comes through the per-channel statistics, which the border pixels move."""
     rng = np.random.default_rng(seed)
     model = nets.conv4(5, 1 + z_dim, 64, 28, max_pool=False)
     p = model.init(seed)
     x = tf.constant(rng.random((1, images, 28, 28, 1)), tf.float32)
-
-    def block1(z):
-        h = nets.conv3x3(concat_context(x, tf.constant(z, tf.float32)), p["conv1"], p["b1"], 2)
-        return tf.nn.relu(nets.batch_norm(h, p["bn1"])).numpy()[0]
-
-    a, b = block1(np.zeros(z_dim)), block1(rng.normal(size=z_dim))
+    conv = [nets.conv3x3(concat_context(x, tf.constant(z, tf.float32)), p["conv1"], p["b1"], 2)
+            for z in (np.zeros(z_dim), rng.normal(size=z_dim))]
+    a, b = (tf.nn.relu(nets.batch_norm(h, p["bn1"])).numpy()[0] for h in conv)
+    shift = (conv[1] - conv[0]).numpy()[0, :, :-1, :-1]    # [images, H - 1, W - 1, filters]
     d = np.abs(a - b)
     border = np.concatenate([d[:, -1, :, :].ravel(), d[:, :-1, -1, :].ravel()])
-    return {"interior": float(d[:, :-1, :-1].mean()), "border": float(border.mean()),
+    return {"before_norm": float(np.abs(shift).mean()),
+            "constant_deviation": float(np.abs(shift - shift[:1, :1, :1]).max()),
+            "interior": float(d[:, :-1, :-1].mean()), "border": float(border.mean()),
             "activation": float(np.abs(a).mean()), "z_dim": z_dim}
 
 

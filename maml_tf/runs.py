@@ -88,7 +88,9 @@ def claim(run_dir: str | Path):
 def check_resume(run_dir: Path, cfg) -> dict:
     """Refuse to resume the run in `run_dir` with a config that changes anything but the budget
     and bookkeeping keys, the recovery keys (step sizes, clipping), how the model is computed
-    (model.impl: the same function) and the evaluation, which does not touch training. Returns the recovery keys that change: {"train.meta_lr": [old, new]}."""
+    (model.impl: the same function) and the evaluation, which does not touch training. Returns
+    the recovery keys and model.impl where they change (sessions.jsonl records them):
+    {"train.meta_lr": [old, new]}."""
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}
@@ -97,6 +99,9 @@ def check_resume(run_dir: Path, cfg) -> dict:
     changed = {f"train.{k}": [old["train"].get(k), new["train"].get(k)] for k in RECOVERY_CHANGES
                if isinstance(old.get("train"), dict) and k in new["train"]
                and old["train"].get(k) != new["train"].get(k)}
+    changed.update({f"model.{k}": [old["model"].get(k), new["model"].get(k)] for k in RESUMABLE_MODEL_CHANGES
+                    if isinstance(old.get("model"), dict) and isinstance(new.get("model"), dict)
+                    and old["model"].get(k) != new["model"].get(k)})  # recorded in sessions.jsonl
     for section in set(old) | set(new):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):

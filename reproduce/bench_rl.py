@@ -28,6 +28,7 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -151,7 +152,7 @@ PHASES = ("sample_pre", "adapt", "sample_post", "old_dist", "trpo_step")
 
 
 def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None = None, repeats: int = 2,
-                        sets: tuple = ()) -> dict:
+                        sets: tuple = (), ready: Callable[[], None] | None = None) -> dict:
     """One MAML-TRPO meta-iteration of `config` on its real rollouts, phase by phase, beside its floors.
 
     Phases (wall seconds, the fastest of `repeats` iterations after a first, tracing one): sampling
@@ -161,7 +162,9 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
     takes two), the direction (cg_iters + 1 products: the CG iterations and s^T H s) and one
     line-search candidate (loss and KL). Floors: the sampling phases' env steps at the rate of one
     unwrapped environment stepped alone (measured here), and each TensorFlow piece's matmul FLOPs
-    (read off its traced graph, as `reproduce.bench`) at `rate`, the one-thread matmul rate."""
+    (read off its traced graph, as `reproduce.bench`) at `rate`, the one-thread matmul rate.
+    `ready()`, if given, is called after the first iteration and returns when the timing may start.
+    `iteration_seconds` is the sum of the phases' times."""
     import maml_tf.envs  # noqa: F401
     from maml_tf import rl, trpo
     from reproduce import bench, common
@@ -183,9 +186,11 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
         theta = pol.param_values()
         steps = smp.env_steps
         b0 = clock("sample_pre", sample, theta, 0)
+        phase_steps["sample_pre"] = smp.env_steps - steps
         d0 = rl.loss_inputs(b0)
         fast = clock("adapt", pol._adapt, theta, d0)
         b1 = clock("sample_post", sample, fast, 1)
+        phase_steps["sample_post"] = smp.env_steps - steps - phase_steps["sample_pre"]
         d1 = clock("old_dist", pol.old_dist, fast, b1)
         env_steps = smp.env_steps - steps
         # the pieces alone (not part of the iteration), then the TRPO step as the iteration runs it
@@ -201,9 +206,12 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
             direction_fn=lambda p, g: pol._direction(p, g, d0, d1), **pol.trpo_args)[1])
         return theta, d0, d1, env_steps, info
 
+    phase_steps: dict = {}  # env steps of each sampling phase (the ant's episodes end early: they differ)
     w = time.perf_counter()
     one({})  # traces and runs every function once
     first_s = time.perf_counter() - w
+    if ready is not None:
+        ready()  # side by side: the timed iterations start together
     timed: dict = {}
     for _ in range(repeats):
         theta, d0, d1, env_steps, info = one(timed)
@@ -226,8 +234,8 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
     rows = {}
     for name, sec in best.items():
         if name.startswith("sample"):
-            floor = env_steps / 2 * raw_s
-            what = f"{env_steps // 2} env steps at the raw rate"
+            floor = phase_steps[name] * raw_s
+            what = f"{phase_steps[name]} env steps at the raw rate"
         else:
             floor = fl[name] / rate if rate else None
             what = f"{fl[name] / 1e9:.2f} GFLOP at the matmul rate"
@@ -255,7 +263,8 @@ def maml_tf_per_task(model, n_tasks: int) -> dict:
 
 
 def in_children(rate: float, config: str, n: int = 1, repeats: int = 1) -> list[dict]:
-    """`iteration_benchmark` in `n` child processes at once, each on one thread (its own peak memory)."""
+    """`iteration_benchmark` in `n` child processes at once, each on one thread (its own peak
+    memory); their timed iterations start together, once every child has traced its functions."""
     import json
     import subprocess
     import sys
@@ -265,15 +274,35 @@ def in_children(rate: float, config: str, n: int = 1, repeats: int = 1) -> list[
 
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"{i}.json" for i in range(n)]
+        errs = [(Path(tmp) / f"{i}.err").open("w") for i in range(n)]
         procs = [subprocess.Popen([sys.executable, "-m", "reproduce.bench_rl", "--iteration", "--config", config,
-                                   "--rate", str(rate), "--repeats", str(repeats), "--json", str(o)],
-                                  cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   "--rate", str(rate), "--repeats", str(repeats), "--json", str(o),
+                                   "--barrier", tmp, "--parties", str(n)],
+                                  cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=e,
                                   env=campaign.ONE_CORE_ENV)  # as the campaign's workers
-                 for o in outs]
-        for p in procs:
-            if p.wait() != 0:
-                raise RuntimeError(f"bench_rl --iteration failed: {p.stderr.read()[-2000:]}")
+                 for o, e in zip(outs, errs)]
+        try:
+            for i, p in enumerate(procs):
+                if p.wait() != 0:
+                    errs[i].flush()
+                    raise RuntimeError(f"bench_rl --iteration --config {config} failed: "
+                                       f"{Path(errs[i].name).read_text()[-2000:]}")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            for e in errs:
+                e.close()
         return [json.loads(o.read_text()) for o in outs]
+
+
+def _barrier(folder: str, parties: int) -> Callable[[], None]:
+    """ready(): mark this process ready in `folder`, then wait until `parties` processes are."""
+    def ready() -> None:
+        Path(folder, f"{os.getpid()}.ready").touch()
+        while len(list(Path(folder).glob("*.ready"))) < parties:
+            time.sleep(0.05)
+    return ready
 
 
 def side_by_side(rate: float, config: str = "rl/cheetah_vel/maml", repeats: int = 1) -> dict:
@@ -298,11 +327,14 @@ if __name__ == "__main__":
     p.add_argument("--rate", type=float, default=None, help="one-thread float32 matmul rate, FLOP/s (the floors)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", default=None, help="write the iteration record here")
+    p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)  # (in_children: start timing together)
+    p.add_argument("--parties", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.iteration:
-        rec = iteration_benchmark(args.config, args.rate, args.repeats)
+        rec = iteration_benchmark(args.config, args.rate, args.repeats,
+                                  ready=_barrier(args.barrier, args.parties) if args.barrier else None)
         if args.json:
             Path(args.json).write_text(json.dumps(rec, indent=1))
         print(json.dumps(rec, indent=1))

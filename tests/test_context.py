@@ -47,13 +47,16 @@ def test_context_is_concatenated_channel_wise_over_every_pixel():
     assert conv.apply(p, tf.zeros([2, 5, 28, 28, 1])).shape == (2, 5, 5)
 
 
-def test_batch_norm_removes_a_channel_wise_context_except_near_the_padded_border():
-    """Why z reaches the conv net weakly (results/appendix/context.md): in the interior its
-    contribution is one constant per channel, which batch norm with the task's statistics removes;
-    the pixels whose windows reach into the zero padding carry most of what is left."""
-    r = context.reach_through_batch_norm(z_dim=8)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_channel_wise_context_is_a_constant_per_channel_inside_the_image_which_batch_norm_subtracts(seed):
+    """How z reaches the conv net (results/appendix/context_pilot.md): inside the image its
+    contribution to the first convolution is one constant per channel; batch norm with the task's
+    statistics takes such a constant out, so less of z is left in the interior than before the
+    normalisation, and the pixels whose windows reach into the zero padding carry most of it."""
+    r = context.reach_through_batch_norm(z_dim=8, seed=seed)
+    assert r["constant_deviation"] < 1e-5 * r["before_norm"], r
+    assert r["interior"] < 0.7 * r["before_norm"], r
     assert r["border"] > 3 * r["interior"], r
-    assert r["interior"] < 0.5 * r["activation"], r
 
 
 def test_a_policy_with_a_context_vector_sees_it_at_every_time_step():

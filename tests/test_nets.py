@@ -133,7 +133,8 @@ def _fewshot_batch(rng, tasks, way, shot, query, size, channels, dtype):
     return {"xs": mk(shot), "ys": lab(shot), "xq": mk(query), "yq": lab(query)}
 
 
-@pytest.mark.parametrize("max_pool,tasks", [(True, 3), (False, 3), (True, nets.LOOP_MAX_TASKS + 2)])
+@pytest.mark.parametrize("max_pool,tasks", [(True, 3), (False, 3), (True, nets.LOOP_MAX_TASKS + 2),
+                                            (False, nets.LOOP_MAX_TASKS + 2)])
 def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
     """impl="per_task" (tf.nn.conv2d / max_pool2d networks, one per task: a loop over a few tasks,
     a tf.map_fn over more) computes the same function as the batched patches @ kernel form:

@@ -180,6 +180,6 @@ def test_resume_may_change_how_the_conv_net_is_computed_not_the_net(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(first.to_dict()))
     assert runs.check_resume(tmp_path, config.from_dict(
         {**raw, "model": {**raw["model"], "impl": "per_task"},
-         "train": {"iterations": 10, "xla": False}})) == {}
+         "train": {"iterations": 10, "xla": False}})) == {"model.impl": [None, "per_task"]}  # None: the default
     with pytest.raises(train.TrainingError, match="model.filters"):
         runs.check_resume(tmp_path, config.from_dict({**raw, "model": {**raw["model"], "filters": 16}}))
