@@ -57,17 +57,59 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
     if base.get("kind") == "gaussian_mlp":
         base.update(obs_dim=obs_dim, act_dim=act_dim)
     spec, natural = _widened(base, z_dim)
-    inner = nets.build(spec)
+    inner = nets.build(spec)   # the network on the widened input: its parameters and their names
     names = frozenset(inner.init(0))
+    folded = _folded(base, spec, natural)
 
     def init(seed: int) -> dict:
         return {**inner.init(seed), "z": tf.zeros([z_dim])}
 
+    return inner._replace(init=init, apply=folded, frozen=names)
+
+
+def _split_first_layer(w: tf.Tensor, z: tf.Tensor, d: int, base_rank: int):
+    """The first layer's weights w ([..., D + Z, F], shared or per task) split into the input's part
+    [..., D, F] and z's contribution z @ w[D:] ([..., F] with a task axis if either has one)."""
+    w_x, w_z = w[..., :d, :], w[..., d:, :]
+    w_task, z_task = w.shape.rank == base_rank + 1, z.shape.rank == 2
+    letters = "hw"[:base_rank - 2]
+    eq = f"{'t' if w_task else ''}{letters}zf,{'t' if z_task else ''}z->{'t' if w_task or z_task else ''}{letters}f"
+    return w_x, tf.einsum(eq, w_z, tf.cast(z, w.dtype)), w_task, z_task
+
+
+def _folded(base: dict, spec: dict, natural) -> callable:
+    """apply(params, x) of the widened network on x concatenated with z, computed without building
+    the concatenation (the same function; tests/test_context.py compares them in float64):
+      * an MLP's first layer: [x, z] @ w1 + b1 = x @ w1[:D] + (b1 + z @ w1[D:]), z's part a
+        (per-task) bias;
+      * the conv net's first convolution: z broadcast over the pixels contributes, at each output
+        pixel, z @ w[tap] summed over the 3x3 taps that fall inside the image (SAME zero padding
+        pads z too), which is the convolution of one channel of ones with the kernel u[tap] =
+        z @ w[tap]: the input becomes [x, 1] and the kernel [w[:C], u], instead of C + z_dim
+        channels (z_dim 128 made the first layer 130 times the work)."""
+    kind = base["kind"]
+    if kind == "conv4":
+        c = base["channels"]
+        narrow = nets.build({**spec, "channels": c + 1})
+
+        def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
+            rest = {k: v for k, v in params.items() if k != "z"}
+            w_x, u, w_task, z_task = _split_first_layer(params["conv1"], params["z"], c, 4)
+            if z_task and not w_task:
+                w_x = tf.broadcast_to(w_x, tf.concat([tf.shape(u)[:1], tf.shape(w_x)], 0))
+            kernel = tf.concat([w_x, u[..., None, :]], axis=-2)   # [(T,) 3, 3, C + 1, F]
+            h = natural(x)
+            return narrow.apply({**rest, "conv1": kernel}, tf.concat([h, tf.ones_like(h[..., :1])], -1))
+        return apply
+
+    d = base["sizes"][0] if kind == "mlp" else base["obs_dim"]
+    narrow = nets.build(base)
+
     def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
         rest = {k: v for k, v in params.items() if k != "z"}
-        return inner.apply(rest, concat_context(natural(x), params["z"]))
-
-    return inner._replace(init=init, apply=apply, frozen=names)
+        w_x, zb, _, _ = _split_first_layer(params["w1"], params["z"], d, 2)
+        return narrow.apply({**rest, "w1": w_x, "b1": params["b1"] + zb}, natural(x))
+    return apply
 
 
 def reach_through_batch_norm(z_dim: int = 8, seed: int = 0, images: int = 5) -> dict:

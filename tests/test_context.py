@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import context, maml
+from maml_tf import context, maml, nets
 from maml_tf.tasks import TaskBatch
 
 TB = TaskBatch.of
@@ -45,6 +45,45 @@ def test_context_is_concatenated_channel_wise_over_every_pixel():
     p = conv.init(0)
     assert p["conv1"].shape[-2] == 3  # 1 image channel + 2 context channels
     assert conv.apply(p, tf.zeros([2, 5, 28, 28, 1])).shape == (2, 5, 5)
+
+
+@pytest.mark.parametrize("base", [
+    {"kind": "conv4", "n_out": 3, "channels": 2, "filters": 5, "image_size": 12, "max_pool": False},
+    {"kind": "conv4", "n_out": 3, "channels": 3, "filters": 4, "image_size": 16, "max_pool": True},
+    {"kind": "mlp", "sizes": [2, 8, 8, 1]},
+    {"kind": "gaussian_mlp", "hidden": [8, 8]}])
+def test_the_folded_context_is_the_network_on_the_concatenated_input_in_float64(base):
+    """The context model computes z's part of the first layer without building the concatenation
+    (a bias for an MLP, one channel of ones for the conv net); outputs with shared and per-task z
+    and weights, and the second-order meta-gradient, are those of the widened network applied to
+    [x, z]."""
+    z_dim, tasks = 4, 3
+    model = context.context(base, z_dim, obs_dim=3, act_dim=2)
+    spec, natural = context._widened({**base, "obs_dim": 3, "act_dim": 2} if base["kind"] == "gaussian_mlp"
+                                     else base, z_dim)
+    wide = nets.build(spec)
+    reference = lambda p, x: wide.apply({k: v for k, v in p.items() if k != "z"},
+                                        context.concat_context(natural(x), p["z"]))
+    rng = np.random.default_rng(1)
+    params = {k: tf.constant(v.numpy() + rng.normal(scale=0.1, size=v.shape), tf.float64)
+              for k, v in model.init(0).items()}
+    size = base.get("image_size")
+    shape = (tasks, 6, size, size, base["channels"]) if size else (tasks, 6, base["sizes"][0] if base["kind"] == "mlp" else 3)
+    x = tf.constant(rng.normal(size=shape), tf.float64)
+    per_task_z = {**params, "z": tf.constant(rng.normal(size=(tasks, z_dim)), tf.float64)}
+    first = "conv1" if base["kind"] == "conv4" else "w1"   # the first layer per task too
+    per_task_all = {**per_task_z, first: tf.constant(np.stack([params[first].numpy() + rng.normal(
+        scale=0.01, size=params[first].shape) for _ in range(tasks)]), tf.float64)}
+    for p in (params, per_task_z, per_task_all):
+        np.testing.assert_allclose(model.apply(p, x).numpy(), reference(p, x).numpy(), rtol=1e-10, atol=1e-12)
+    ys = tf.constant(rng.normal(size=model.apply(params, x).shape), tf.float64)
+    batch = TB({"xs": x, "ys": ys, "xq": x * 0.5, "yq": ys})
+    ref_model = model._replace(apply=reference)
+    _, g = maml.meta_gradient(model, params, batch, maml.mse, 2, 0.1)
+    _, g_ref = maml.meta_gradient(ref_model, params, batch, maml.mse, 2, 0.1)
+    for k in params:
+        np.testing.assert_allclose(g["params"][k].numpy(), g_ref["params"][k].numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=k)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
