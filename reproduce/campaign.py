@@ -140,7 +140,7 @@ QUEUE: list[Run] = [
     *[_cell(c, cell) for c, cell, _ in MINIIMAGENET],
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
-    Run("rl/point/context", ("rl", "point", "context"), hold=CONTEXT_HOLD),
+    Run("rl/point/context", ("rl", "point", "context")),   # z_dim 2, from its pilots
     Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
     Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), hold=CONTEXT_HOLD),
