@@ -115,3 +115,12 @@ def same_results(path: str | Path, data, ignore=PROVENANCE_KEYS) -> bool:
     except json.JSONDecodeError:
         return False
     return same_data(old, data, ignore)
+
+
+def write_table(json_path: str | Path, data, md_path: str | Path, text: str) -> None:
+    """Write a results record and its markdown table: the JSON only when a result changed (so its
+    provenance stays otherwise), the markdown whenever its text differs (the generator's words may
+    change alone)."""
+    if not same_results(json_path, data):
+        write_json(json_path, data)
+    write_text(md_path, text)

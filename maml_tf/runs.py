@@ -28,9 +28,11 @@ class TrainingError(RuntimeError):
 # sizes and clipping that recover a diverged run (the change takes effect from the resumed
 # iteration on and is recorded in sessions.jsonl)
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
-# model.* keys that may change likewise: how the same function is computed (nets.conv4's impl)
-RESUMABLE_MODEL_CHANGES = {"impl"}
 RECOVERY_CHANGES = {"meta_lr", "inner_lr", "grad_clip", "max_kl"}
+# (section, key) pairs that may change on resume and are recorded in sessions.jsonl: the recovery
+# keys, and model.impl (nets.conv4: how the same function is computed)
+RECORDED_CHANGES = {("train", k) for k in RECOVERY_CHANGES} | {("model", "impl")}
+SILENT_CHANGES = {("train", k) for k in RESUMABLE_CHANGES}
 
 
 # how many cores this process trains on (set by distribute.use_cpu_cores; recorded in sessions.jsonl)
@@ -96,22 +98,20 @@ def check_resume(run_dir: Path, cfg) -> dict:
         return {}
     old = yaml.safe_load(path.read_text())
     new = cfg.to_dict()
-    changed = {f"train.{k}": [old["train"].get(k), new["train"].get(k)] for k in RECOVERY_CHANGES
-               if isinstance(old.get("train"), dict) and k in new["train"]
-               and old["train"].get(k) != new["train"].get(k)}
-    changed.update({f"model.{k}": [old["model"].get(k), new["model"].get(k)] for k in RESUMABLE_MODEL_CHANGES
-                    if isinstance(old.get("model"), dict) and isinstance(new.get("model"), dict)
-                    and old["model"].get(k) != new["model"].get(k)})  # recorded in sessions.jsonl
+    changed = {}
     for section in set(old) | set(new):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for k in set(a) | set(b):
-                if a.get(k) != b.get(k) and not (section == "train" and k in RESUMABLE_CHANGES | RECOVERY_CHANGES) \
-                        and not (section == "model" and k in RESUMABLE_MODEL_CHANGES) and section != "eval":
-                    raise TrainingError(
-                        f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
-                        f"has {b.get(k)!r}. Resume with the original config, or train into a new run "
-                        f"directory (--run-dir), or delete {run_dir} to start over.")
+                if a.get(k) == b.get(k) or section == "eval" or (section, k) in SILENT_CHANGES:
+                    continue
+                if (section, k) in RECORDED_CHANGES:
+                    changed[f"{section}.{k}"] = [a.get(k), b.get(k)]
+                    continue
+                raise TrainingError(
+                    f"{run_dir} holds a run started with {section}.{k}={a.get(k)!r}, but this config "
+                    f"has {b.get(k)!r}. Resume with the original config, or train into a new run "
+                    f"directory (--run-dir), or delete {run_dir} to start over.")
         elif a != b and section not in ("notes", "eval"):
             raise TrainingError(f"{run_dir} holds a run with {section}={a!r}, this config has {b!r}; "
                                 f"use a new --run-dir or delete {run_dir}.")

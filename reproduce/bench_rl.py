@@ -200,10 +200,7 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
         clock("kl_gradient", kl_grad, theta, d0, d1)
         clock("direction", pol._direction, theta, g, d0, d1)
         clock("line_search_candidate", pol._loss_kl, theta, d0, d1)
-        info = clock("trpo_step", lambda: trpo.trpo_step(
-            theta, loss_fn=lambda p: pol._loss(p, d0, d1), kl_fn=lambda p: pol._kl(p, d0, d1),
-            loss_grad_fn=lambda p: pol._loss_grad(p, d0, d1), loss_kl_fn=lambda p: pol._loss_kl(p, d0, d1),
-            direction_fn=lambda p, g: pol._direction(p, g, d0, d1), **pol.trpo_args)[1])
+        info = clock("trpo_step", pol.trpo_step, theta, d0, d1)[1]
         return theta, d0, d1, env_steps, info
 
     phase_steps: dict = {}  # env steps of each sampling phase (the ant's episodes end early: they differ)

@@ -98,6 +98,14 @@ class PolicyLearner:
         return TRPOSamples(*loss_inputs(b1), old_mean=mean, old_log_std=log_std,
                            old_logp=gaussian_log_prob(mean, log_std, b1.actions))
 
+    def trpo_step(self, theta: dict, d0, d1) -> tuple[dict, dict]:
+        """One TRPO step from `theta` on the pre-update inputs d0 and the post-update samples d1
+        (with their sampling distribution): `trpo.trpo_step` with the compiled pieces."""
+        return trpo.trpo_step(
+            theta, loss_fn=lambda p: self._loss(p, d0, d1), kl_fn=lambda p: self._kl(p, d0, d1),
+            loss_grad_fn=lambda p: self._loss_grad(p, d0, d1), loss_kl_fn=lambda p: self._loss_kl(p, d0, d1),
+            direction_fn=lambda p, g: self._direction(p, g, d0, d1), **self.trpo_args)
+
     def iteration(self, sample: Callable[[dict, int], RolloutBatch]) -> dict:
         """One meta-iteration. `sample(policy_params, phase) -> RolloutBatch` rolls out the current tasks
         (phase 0 pre-update, 1 post-update). Updates the variables in place; returns the metrics."""
@@ -116,10 +124,7 @@ class PolicyLearner:
             d1 = self.old_dist(theta, b0)
             info["post_return"] = info["pre_return"]
         t1 = time.perf_counter()
-        new, step_info = trpo.trpo_step(
-            theta, loss_fn=lambda p: self._loss(p, d0, d1), kl_fn=lambda p: self._kl(p, d0, d1),
-            loss_grad_fn=lambda p: self._loss_grad(p, d0, d1), loss_kl_fn=lambda p: self._loss_kl(p, d0, d1),
-            direction_fn=lambda p, g: self._direction(p, g, d0, d1), **self.trpo_args)
+        new, step_info = self.trpo_step(theta, d0, d1)
         for k, v in new.items():
             self.params[k].assign(v)
         self.step.assign_add(1)
