@@ -285,6 +285,7 @@ class RLTrain:
     checkpoint_every: int = 5
     log_every: int = 1
     xla: bool = False
+    task_chunk: int = 10             # tasks at a time in the loss and KL gradients (memory; 0 = all at once)
 
 
 @dataclass

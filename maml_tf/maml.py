@@ -92,6 +92,36 @@ def adapt(model: Model, params: dict, x, y, loss_fn: LossFn, steps: int, alpha,
     return fast
 
 
+def chunk_size(n_tasks: int, chunk: int) -> int:
+    """The largest divisor of `n_tasks` that is at most `chunk`; all the tasks when `chunk` is 0 or
+    at least `n_tasks`."""
+    if chunk <= 0 or chunk >= n_tasks:
+        return n_tasks
+    return max(c for c in range(1, chunk + 1) if n_tasks % c == 0)
+
+
+def sum_over_tasks(fn: Callable, inputs, chunk: int, zeros):
+    """fn(inputs) for an `fn` that is a sum over the tasks of `inputs` (a nest of tensors whose
+    leading axis, static, is the task axis), computed `chunk_size(T, chunk)` tasks at a time and
+    added up, one chunk after the other (a while loop of sequential iterations): the memory of one
+    chunk's intermediates at a time, e.g. of a second-order gradient. `zeros` has the structure of
+    fn's output. With one chunk it is fn(inputs)."""
+    n_tasks = int(tf.nest.flatten(inputs)[0].shape[0])
+    c = chunk_size(n_tasks, chunk)
+    if c == n_tasks:
+        return fn(inputs)
+    n = n_tasks // c
+    parts = tf.nest.map_structure(lambda x: tf.reshape(x, [n, c] + x.shape[1:].as_list()), inputs)
+
+    def body(i, total):
+        part = fn(tf.nest.map_structure(lambda x: x[i], parts))
+        return i + 1, tf.nest.map_structure(tf.add, total, part)
+
+    zeros = tf.nest.map_structure(tf.convert_to_tensor, zeros)
+    _, total = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), zeros), parallel_iterations=1)
+    return total
+
+
 def meta_loss(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,
               first_order: bool = False) -> tf.Tensor:
     """Mean over the task batch of the query loss after `steps` inner steps on the support set.

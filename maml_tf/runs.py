@@ -30,8 +30,9 @@ class TrainingError(RuntimeError):
 RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "log_every", "xla", "distribute"}
 RECOVERY_CHANGES = {"meta_lr", "inner_lr", "grad_clip", "max_kl"}
 # (section, key) pairs that may change on resume and are recorded in sessions.jsonl: the recovery
-# keys, and model.impl (nets.conv4: how the same function is computed)
-RECORDED_CHANGES = {("train", k) for k in RECOVERY_CHANGES} | {("model", "impl")}
+# keys, and how the same function is computed: model.impl (nets.conv4) and train.task_chunk (the
+# RL gradients summed over chunks of tasks, `maml.sum_over_tasks`)
+RECORDED_CHANGES = {("train", k) for k in RECOVERY_CHANGES} | {("model", "impl"), ("train", "task_chunk")}
 SILENT_CHANGES = {("train", k) for k in RESUMABLE_CHANGES}
 
 

@@ -145,7 +145,8 @@ def finite_difference_hvp(grad_fn: Callable[[dict], dict], params: dict, vector,
     plus = unflatten(theta + eps * v, params)
     g_plus = _flat_grads(grad_fn(plus), params)
     if symmetric:
-        minus = unflatten(theta - eps * v, params)
+        with tf.control_dependencies([g_plus]):  # one gradient after the other: the memory of one
+            minus = unflatten(theta - eps * v, params)
         g_minus = _flat_grads(grad_fn(minus), params)
         hv = (g_plus - g_minus) / (2.0 * eps)
     else:

@@ -175,7 +175,7 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
     pol, smp, t = run.policy, run._sampler, cfg.train
     tasks = run._tasks(t.meta_batch, rl.seed_of(cfg.seed, 0, 0))
     sample = lambda p, phase: smp.sample(p, tasks, rl.seed_of(cfg.seed, 0, 1 + phase))
-    kl_grad = tf.function(lambda p, d0, d1: trpo.value_and_grad(lambda q: pol.kl(q, d0, d1), p))
+    kl_grad = pol._kl_grad
 
     def one(timed: dict) -> tuple:
         def clock(name, fn, *args):
@@ -323,6 +323,8 @@ if __name__ == "__main__":
     p.add_argument("--config", default="rl/cheetah_vel/maml")
     p.add_argument("--rate", type=float, default=None, help="one-thread float32 matmul rate, FLOP/s (the floors)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, as reproduce.train (e.g. train.task_chunk=0)")
     p.add_argument("--json", default=None, help="write the iteration record here")
     p.add_argument("--barrier", default=None, help=argparse.SUPPRESS)  # (in_children: start timing together)
     p.add_argument("--parties", type=int, default=1, help=argparse.SUPPRESS)
@@ -330,7 +332,7 @@ if __name__ == "__main__":
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.iteration:
-        rec = iteration_benchmark(args.config, args.rate, args.repeats,
+        rec = iteration_benchmark(args.config, args.rate, args.repeats, sets=tuple(args.set),
                                   ready=_barrier(args.barrier, args.parties) if args.barrier else None)
         if args.json:
             Path(args.json).write_text(json.dumps(rec, indent=1))

@@ -141,8 +141,8 @@ QUEUE: list[Run] = [
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
     Run("rl/point/context", ("rl", "point", "context")),   # z_dim 2, from its pilots
-    Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
-    Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=CONTEXT_HOLD),
+    Run("omniglot/conv_5w1s_context", ("appendix", "context")),   # z_dim 8, from its pilots
+    Run("omniglot/conv_5w5s_context", ("appendix", "context")),
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), hold=CONTEXT_HOLD),
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),

@@ -206,6 +206,36 @@ def test_meta_gradient_goes_through_the_inner_step(point_sampler):
     assert np.linalg.norm(grads["so"] - grads["fo"]) > 1e-4 * np.linalg.norm(grads["fo"])
 
 
+def test_task_chunks_give_the_same_trpo_pieces():
+    """`task_chunk` (the loss and KL gradients summed over chunks of tasks, one chunk at a time) computes
+    the same loss, KL, gradients, search direction and TRPO step as all tasks at once; a chunk size
+    that does not divide the meta-batch becomes the largest divisor below it."""
+    assert [maml.chunk_size(40, c) for c in (0, 10, 12, 7, 40, 64, 1)] == [40, 10, 10, 5, 40, 40, 1]
+    point_sampler = rl.Sampler(_policy(), POINT, n_tasks=4, n_traj=4, horizon=30)
+    m = point_sampler.model
+    tasks = rl.task_sampler(POINT)(4, 6)
+    out = {}
+    for chunk in (0, 1, 2):
+        learner = rl.PolicyLearner(m, seed=0, inner_lr=0.5, inner_steps=1, task_chunk=chunk)
+        theta = learner.param_values()
+        b0 = point_sampler.sample(theta, tasks, 1)
+        d0 = rl.loss_inputs(b0)
+        fast = learner._adapt(theta, d0)
+        d1 = learner.old_dist(fast, point_sampler.sample(fast, tasks, 2))
+        loss, g = learner._loss_grad(theta, d0, d1)
+        g = rl.learner.trpo._flat_grads(g, theta)
+        far = {k: v * 1.1 for k, v in theta.items()}  # where the KL is not zero
+        kl, kl_g = learner._kl_grad(far, d0, d1)
+        s, shs = learner._direction(theta, g, d0, d1)
+        new, info = learner.trpo_step(theta, d0, d1)
+        out[chunk] = [loss, g, learner._kl(far, d0, d1), kl, rl.learner.trpo.flatten(kl_g), s, shs,
+                      *learner._loss_kl(far, d0, d1), rl.learner.trpo.flatten(new)]
+    assert float(out[0][3]) > 1e-5 and info["accepted"]
+    for chunk in (1, 2):
+        for a, b in zip(out[0], out[chunk]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- configs, loop, evaluation
 
 def test_rl_config_is_strict():
@@ -217,6 +247,19 @@ def test_rl_config_is_strict():
         with pytest.raises(config.ConfigError) as err:
             _rl_config(bad)
         assert message in str(err.value)
+
+
+def test_resume_records_a_change_of_task_chunk(tmp_path):
+    """train.task_chunk (how the same gradients are summed) may change when a run resumes, as the
+    runs trained before it existed do, and sessions.jsonl records it; the algorithm may not."""
+    import yaml
+    from maml_tf import runs
+    old = _rl_config().to_dict()
+    del old["train"]["task_chunk"]  # a run trained before the key existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert runs.check_resume(tmp_path, _rl_config()) == {"train.task_chunk": [None, 10]}
+    with pytest.raises(train.TrainingError, match="train.discount"):
+        runs.check_resume(tmp_path, _rl_config(discount=0.9))
 
 
 def test_rl_training_resumes_exactly_and_keeps_the_best(tmp_path):

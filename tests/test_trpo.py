@@ -365,6 +365,14 @@ def test_linear_baseline_recovers_function_in_feature_span():
     pred = bl.predict(obs2, lengths=lengths2)
     m2 = adv.mask_from_lengths(lengths2, T)
     assert np.max(np.abs(pred - vals2 * m2)) < 1e-3 * np.max(np.abs(vals2))
+    # fit_predict (one task at a time) is fit, then predict, on the same paths; any leading axes
+    for pick in (np.s_[:], np.s_[0], np.s_[None]):
+        o, r, ln = obs[pick], vals_g[pick], lengths[pick]
+        one = adv.LinearFeatureBaseline()
+        np.testing.assert_allclose(one.fit_predict(o, r, lengths=ln),
+                                   adv.LinearFeatureBaseline().fit(o, r, lengths=ln).predict(o, lengths=ln),
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(one.coeffs, bl.coeffs[pick], rtol=1e-9, atol=1e-9)
 
     # same as rllab's fit on the concatenated valid rows of one task
     feats = np.concatenate([adv.linear_baseline_features(obs[0, j:j + 1, :lengths[0, j]])[0]

@@ -9,7 +9,7 @@
 The names used across the project are importable from here (`from maml_tf import rl; rl.Sampler`).
 """
 from maml_tf.rl.distributions import (Samples, TRPOSamples, gaussian_kl, gaussian_log_prob, inner_targets, loss_inputs,  # noqa: F401
-                                      masked_task_mean, pooled_kl, split_dist, surrogate_loss, vpg_loss)
+                                      masked_task_mean, pooled_kl, split_dist, surrogate_loss, valid_count, vpg_loss)
 from maml_tf.rl.sampler import RolloutBatch, Rollouts, Sampler, env_dims, make_vec_env, sampler, seed_of, task_sampler  # noqa: F401
 from maml_tf.rl.learner import PolicyLearner, RLRun, build_model, make_learner  # noqa: F401
 from maml_tf.rl.evaluation import evaluate, evaluate_run, tune_inner_lr  # noqa: F401

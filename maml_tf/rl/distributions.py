@@ -63,11 +63,18 @@ def surrogate_loss(out, y):
     return -masked_task_mean(ratio * adv, mask)
 
 
-def pooled_kl(out, old_mean, old_log_std, mask):
-    """KL(old || new) averaged over all valid samples of all tasks (the official mean_kl)."""
+def pooled_kl(out, old_mean, old_log_std, mask, count=None):
+    """KL(old || new) averaged over all valid samples of all tasks (the official mean_kl). With
+    `count` (the valid samples of all tasks), the sum over these tasks' samples divided by it: the
+    part of the pooled KL that a chunk of the tasks contributes."""
     mean, log_std = split_dist(out)
     kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
-    return tf.reduce_sum(kl * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    return tf.reduce_sum(kl * mask) / (valid_count(mask) if count is None else count)
+
+
+def valid_count(mask):
+    """The number of valid samples (at least 1): what `pooled_kl` divides by."""
+    return tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
 class Samples(NamedTuple):
