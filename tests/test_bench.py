@@ -16,3 +16,17 @@ def test_a_partial_bench_run_keeps_the_other_rows_with_the_run_that_measured_the
     assert out["settings"][1]["measured"]["commit"] == "c1" and out["settings"][1]["ratio_to_floor"] == 2.5
     assert out["rl_sampler"] == [{"name": "raw", "measured": {k: old[k] for k in run}}]
     assert out["rl_iterations"][0]["measured"]["commit"] == "c1" and out["updated_only"] == "miniimagenet"
+
+
+def test_rl_iteration_benchmark_reports_every_phase_against_a_floor():
+    """`bench_rl.iteration_benchmark` (the `rl_iterations` rows of make bench) on a small point
+    meta-batch computed in chunks: every phase has its time and a positive floor, the FLOPs read
+    from graphs whose gradients sit in while loops (train.task_chunk)."""
+    from reproduce import bench_rl
+    sets = ("train.meta_batch=4", "train.trajectories=3", "train.horizon=10", "train.task_chunk=2")
+    rec = bench_rl.iteration_benchmark("rl/point/maml", rate=1e10, repeats=1, sets=sets)
+    assert set(rec["phases"]) >= set(bench_rl.PHASES) | {"kl_gradient", "direction"}
+    for name, ph in rec["phases"].items():
+        assert ph["seconds"] > 0 and ph["floor_seconds"] > 0 and ph["ratio_to_floor"] > 0, name
+    assert rec["phases"]["direction"]["flops"] == 2 * (rec["cg_iters"] + 1) * rec["phases"]["kl_gradient"]["flops"]
+    assert rec["env_steps"] == 2 * 4 * 3 * 10 and rec["peak_resident_gb"] > 0
