@@ -114,7 +114,7 @@ CONTEXT_HOLD = ("z_dim is set from the pilot runs above (results/appendix/contex
 
 # Cheapest value first (README, "The campaign"): the small Omniglot cells finish in hours and
 # complete Table 1 rows; MiniImagenet's four cells follow the Omniglot 5-way ones (a first stage,
-# then after half-cheetah to the full budget); half-cheetah
+# then, after half-cheetah and Appendix C's context runs, to the full budget); half-cheetah
 # (about 3 core-hours per method); then the long ones: Omniglot 20-way 1-shot, ant (sampling-bound,
 # about 10 core-hours per method) and 20-way 5-shot (about 50 core-hours) last. At the tail, two
 # more seeds of the settings already reproduced at full budget, for the seed variance the paper
@@ -137,13 +137,15 @@ QUEUE: list[Run] = [
     *[Run(c, ("table1", cell), iterations=it) for c, cell, it in MINIIMAGENET],
     *_rl("cheetah_vel"),
     *_rl("cheetah_dir"),
-    *[_cell(c, cell) for c, cell, _ in MINIIMAGENET],
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
     Run("rl/point/context", ("rl", "point", "context")),   # z_dim 2, from its pilots
     Run("omniglot/conv_5w1s_context", ("appendix", "context")),   # z_dim 8, from its pilots
     Run("omniglot/conv_5w5s_context", ("appendix", "context")),
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), hold=CONTEXT_HOLD),
+    # MiniImagenet's second stage after them: the context runs complete Appendix C's tables for
+    # fewer core-hours (point 0.2, Omniglot about 15 each) than a MiniImagenet cell (about 45)
+    *[_cell(c, cell) for c, cell, _ in MINIIMAGENET],
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),
     *_rl("ant_dir"),

@@ -75,12 +75,13 @@ def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
              "omniglot/conv_20w1s", "rl/ant_vel/maml", "rl/ant_dir/maml", "omniglot/conv_20w5s"]
     assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
     # MiniImagenet in two stages: a first budget right after the Omniglot 5-way cells, the paper's
-    # after half-cheetah, both ahead of Omniglot 20-way and ant
+    # after half-cheetah and the Appendix C runs, both ahead of Omniglot 20-way and ant
     for cfg, _, first in campaign.MINIIMAGENET:
         stages = [i for i, r in enumerate(campaign.QUEUE) if r.config == cfg]
         assert [campaign.QUEUE[i].budget() for i in stages] == [first, 60000]
         assert names.index("omniglot/conv_5w5s") < stages[0] < names.index("rl/cheetah_vel/maml")
         assert names.index("rl/cheetah_dir/oracle") < stages[1] < names.index("omniglot/conv_20w1s")
+        assert names.index("omniglot/conv_5w5s_context") < stages[1]
     # every run has its own directory (a run queued in stages: one directory, growing budgets)
     dirs = {}
     for r in campaign.QUEUE:
