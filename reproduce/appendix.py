@@ -211,9 +211,12 @@ def _score(run_dir: Path) -> tuple[float | None, str]:
     if vals:
         best = max(vals)
         return 100 * best[0], f"best meta-validation accuracy {100 * best[0]:.1f}% (iteration {best[1]})"
-    ret = [r["post_return"] for r in rows if "post_return" in r][-5:]
-    if ret:
-        return float(np.mean(ret)), f"post-update training return {np.mean(ret):.1f} (mean of the last {len(ret)} iterations)"
+    last = [r for r in rows if "post_return" in r][-5:]
+    if last:
+        ret = np.mean([r["post_return"] for r in last])
+        gain = np.mean([r["post_return"] - r["pre_return"] for r in last])
+        return float(ret), (f"post-update training return {ret:.1f} (mean of the last {len(last)} iterations; "
+                            f"post minus pre-update {gain:+.1f})")
     return None, "not trained yet"
 
 
@@ -234,6 +237,17 @@ def batch_norm_note() -> str:
             "net only through a per-channel rescaling and the border, a possible reason for the pilots' low "
             "accuracy that we have not tested. The paper does not say how its context vector met batch norm; "
             "we keep the network of the MAML row, as Appendix C states.")
+
+
+def input_weight_std(config: str, z_dim: int) -> float:
+    """The std of the context model's first-layer weights on the input itself (not z's rows) at
+    initialisation: z's entries count in that layer's fan-in (Glorot uniform, as the base net's)."""
+    from maml_tf import nets, rl
+    cfg = common.load(config, sets=[f"model.z_dim={z_dim}"])
+    model = rl.build_model(cfg) if isinstance(cfg, config_lib.RLConfig) else nets.build(cfg.model)
+    w = model.init(cfg.seed)
+    w = (w["conv1"] if "conv1" in w else w["w1"]).numpy()
+    return float(w[..., :w.shape[-2] - z_dim, :].std())
 
 
 def context_pilot(args) -> int:
@@ -272,6 +286,18 @@ def context_pilot(args) -> int:
             best = max(scored, key=scored.get)
             edge = " (the largest size tried: a larger one may be better still)" if best == max(map(int, v["candidates"])) else ""
             lines.append(f"- {setting}: so far z_dim = {best} scores best of {sorted(scored)}{edge}.")
+    scales = []
+    for setting, v in settings.items():
+        zs = sorted(map(int, v["candidates"]))
+        config = v["candidates"][str(zs[0])]["config"]
+        std = {z: input_weight_std(config, z) for z in (zs[0], zs[-1])}
+        v["input_weight_std"] = std
+        scales.append(f"{setting} {std[zs[0]]:.3f} at z_dim {zs[0]} and {std[zs[-1]]:.3f} at {zs[-1]}")
+    lines.append("- The initial scale differs with z_dim: z's entries count in the first layer's fan-in (Glorot "
+                 "uniform, as in the base network), so a larger z starts the weights on the input itself smaller "
+                 f"(their std: {'; '.join(scales)}). Part of the pilots' differences may come from this scale rather "
+                 "than from what z learns; for the RL pilots, what the inner step adds is the post minus "
+                 "pre-update return in the table.")
     lines.append(batch_norm_note())
     folder = args.results / "appendix"
     records.write_table(folder / "context_pilot.json", out, folder / "context_pilot.md", "\n".join(lines) + "\n")

@@ -125,12 +125,14 @@ QUEUE: list[Run] = [
     _cell("omniglot/conv_5w1s_first_order", "omniglot_5w1s_conv_first_order"),
     # Appendix C's pilot runs, which choose the context vector's size (reproduce.appendix
     # context-pilot): cheap (about 1 core-hour in all), and they unblock the Appendix C runs below.
+    # Half-cheetah's best was the largest size, 128, so it tries 512 too.
     *[Run(config, ("appendix", "context-pilot"), sets=(f"model.z_dim={z}",) + extra, iterations=it,
           dir=f"appendix/context_pilot/{name}_z{z}")
-      for config, name, it, extra in (("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",)),
-                                      ("rl/point/context", "point", 30, ()),
-                                      ("rl/cheetah_dir/context", "cheetah_dir", 20, ()))
-      for z in PILOT_Z],
+      for config, name, it, extra, zs in (
+          ("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",), PILOT_Z),
+          ("rl/point/context", "point", 30, (), PILOT_Z),
+          ("rl/cheetah_dir/context", "cheetah_dir", 20, (), PILOT_Z + (512,)))
+      for z in zs],
     _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
     # MiniImagenet in two stages: first every cell far enough to show where it goes (1-shot second
     # order to 15,000 iterations, the others to 5,000), then each to the paper's 60,000

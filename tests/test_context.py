@@ -1,9 +1,11 @@
 """Context-vector adaptation (Appendix C): only z is adapted, the meta-gradient reaches everything."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from maml_tf import context, maml, nets
+from maml_tf import context, maml, nets, rl
 from maml_tf.tasks import TaskBatch
 
 TB = TaskBatch.of
@@ -122,3 +124,14 @@ def test_a_short_context_vector_run_learns_to_adapt(tmp_path):
                             tasks.build({"kind": "sinusoid", "support": 10, "query": 100}, split="test"),
                             maml.mse, maml.mse, 1, 0.1, n_tasks=200, seed=7)
     assert res["mean"][1] < 0.5 * res["mean"][0], res["mean"]
+
+
+def test_z_counts_in_the_first_layers_fan_in_so_the_input_weights_start_smaller():
+    """What `reproduce.appendix context-pilot` reports beside the pilots: the first layer is
+    initialised as the base network's on the widened input (Glorot uniform over obs_dim + z_dim
+    inputs), so the weights on the observation itself start smaller for a larger z."""
+    from reproduce import appendix
+    obs_dim, _ = rl.env_dims("maml/HalfCheetahDir-v0")
+    for z in (2, 128):
+        expected = math.sqrt(6.0 / (obs_dim + z + 100)) / math.sqrt(3.0)  # std of U(-limit, limit)
+        assert abs(appendix.input_weight_std("rl/cheetah_dir/context", z) / expected - 1) < 0.05
