@@ -153,7 +153,8 @@ PHASES = ("sample_pre", "adapt", "sample_post", "old_dist", "trpo_step")
 
 def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None = None, repeats: int = 2,
                         sets: tuple = (), ready: Callable[[], None] | None = None) -> dict:
-    """One MAML-TRPO meta-iteration of `config` on its real rollouts, phase by phase, beside its floors.
+    """One MAML-TRPO meta-iteration of `config` on its real rollouts, phase by phase, beside its floors:
+    the iteration training runs (`PolicyLearner.iteration`), each phase timed by its clock.
 
     Phases (wall seconds, the fastest of `repeats` iterations after a first, tracing one): sampling
     before and after the inner step, the inner step, the sampling policy's distribution, and the
@@ -177,29 +178,28 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
     sample = lambda p, phase: smp.sample(p, tasks, rl.seed_of(cfg.seed, 0, 1 + phase))
 
     def one(timed: dict) -> tuple:
+        """One iteration as training runs it (`PolicyLearner.iteration`, each phase timed by its
+        clock), then the TRPO step's pieces alone on the iteration's own inputs."""
+        seen = {}
+
         def clock(name, fn, *args):
-            w = time.perf_counter()
+            w, steps = time.perf_counter(), smp.env_steps
             out = fn(*args)
             timed.setdefault(name, []).append(time.perf_counter() - w)
+            if name.startswith("sample"):
+                phase_steps[name] = smp.env_steps - steps
+            seen[name] = (args, out)
             return out
-        theta = pol.param_values()
         steps = smp.env_steps
-        b0 = clock("sample_pre", sample, theta, 0)
-        phase_steps["sample_pre"] = smp.env_steps - steps
-        d0 = rl.loss_inputs(b0)
-        fast = clock("adapt", pol._adapt, theta, d0)
-        b1 = clock("sample_post", sample, fast, 1)
-        phase_steps["sample_post"] = smp.env_steps - steps - phase_steps["sample_pre"]
-        d1 = clock("old_dist", pol.old_dist, fast, b1)
+        info = pol.iteration(sample, clock)
         env_steps = smp.env_steps - steps
-        # the pieces alone (not part of the iteration), then the TRPO step as the iteration runs it
-        # (eager CPU calls return computed tensors: no .numpy() needed to wait for them)
+        theta, d0, d1 = seen["trpo_step"][0]
+        # the pieces alone (eager CPU calls return computed tensors: no .numpy() needed to wait)
         _, grads = clock("loss_gradient", pol._loss_grad, theta, d0, d1)
         g = trpo._flat_grads(grads, theta)
         clock("kl_gradient", pol._kl_grad, theta, d0, d1)
         clock("direction", pol._direction, theta, g, d0, d1)
         clock("line_search_candidate", pol._loss_kl, theta, d0, d1)
-        info = clock("trpo_step", pol.trpo_step, theta, d0, d1)[1]
         return theta, d0, d1, env_steps, info
 
     phase_steps: dict = {}  # env steps of each sampling phase (the ant's episodes end early: they differ)

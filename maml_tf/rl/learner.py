@@ -132,25 +132,27 @@ class PolicyLearner:
             loss_grad_fn=lambda p: self._loss_grad(p, d0, d1), loss_kl_fn=lambda p: self._loss_kl(p, d0, d1),
             direction_fn=lambda p, g: self._direction(p, g, d0, d1), **self.trpo_args)
 
-    def iteration(self, sample: Callable[[dict, int], RolloutBatch]) -> dict:
+    def iteration(self, sample: Callable[[dict, int], RolloutBatch], clock: Callable | None = None) -> dict:
         """One meta-iteration. `sample(policy_params, phase) -> RolloutBatch` rolls out the current tasks
-        (phase 0 pre-update, 1 post-update). Updates the variables in place; returns the metrics."""
+        (phase 0 pre-update, 1 post-update). Updates the variables in place; returns the metrics.
+        `clock(name, fn, *args)`, if given, runs each phase (sample_pre, adapt, sample_post,
+        old_dist, trpo_step) and returns its result: `make bench` times them with it."""
+        run = clock or (lambda name, fn, *args: fn(*args))
         t0 = time.perf_counter()
         theta = self.param_values()
-        b0 = sample(theta, 0)
+        b0 = run("sample_pre", sample, theta, 0)
         info = {"pre_return": float(np.mean(b0.returns))}
+        d0 = loss_inputs(b0)
         if self.inner_steps:
-            d0 = loss_inputs(b0)
-            fast = self._adapt(theta, d0)
-            b1 = sample(fast, 1)
+            fast = run("adapt", self._adapt, theta, d0)
+            b1 = run("sample_post", sample, fast, 1)
             info["post_return"] = float(np.mean(b1.returns))
-            d1 = self.old_dist(fast, b1)
+            d1 = run("old_dist", self.old_dist, fast, b1)
         else:
-            d0 = loss_inputs(b0)
-            d1 = self.old_dist(theta, b0)
+            d1 = run("old_dist", self.old_dist, theta, b0)
             info["post_return"] = info["pre_return"]
         t1 = time.perf_counter()
-        new, step_info = self.trpo_step(theta, d0, d1)
+        new, step_info = run("trpo_step", self.trpo_step, theta, d0, d1)
         for k, v in new.items():
             self.params[k].assign(v)
         self.step.assign_add(1)
