@@ -10,7 +10,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: help setup test bench report appendix appendix-table2 campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: help setup test bench report appendix appendix-table2 appendix-context campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
 
 ## help: this list of targets
 help:
@@ -60,11 +60,17 @@ TABLE1_ARGS ?=
 table1: setup data-omniglot data-miniimagenet-if-available
 	$(PY) -m reproduce.table1 $(iters) $(evalonly) $(TABLE1_ARGS)
 
-## appendix: Appendix C baselines -> results/appendix/ (table2: multi-task parameter averaging)
-appendix: appendix-table2
+## appendix: Appendix C baselines -> results/appendix/ (Table 2: multi-task parameter averaging;
+## Tables 3-5: the context vector)
+appendix: appendix-table2 appendix-context
 ## appendix-table2: Table 2 (trains what is missing: about 40 core-minutes per variant) -> results/appendix/table2.md
 appendix-table2: setup
 	$(PY) -m reproduce.appendix table2
+## appendix-context: Tables 3-5, the context vector against MAML, from the runs `make campaign` trains
+## (z_dim from their pilot runs: context_pilot.md) -> results/appendix/context.md
+appendix-context: setup data-omniglot
+	$(PY) -m reproduce.appendix context-pilot
+	$(PY) -m reproduce.appendix context
 
 ## rl: evaluate MAML-TRPO and the baselines on every RL task, regenerate results/rl/ (TRAIN=1: train first)
 rl: rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir
