@@ -100,26 +100,27 @@ def chunk_size(n_tasks: int, chunk: int) -> int:
     return max(c for c in range(1, chunk + 1) if n_tasks % c == 0)
 
 
-def sum_over_tasks(fn: Callable, inputs, chunk: int, zeros):
+def sum_over_tasks(fn: Callable, inputs, chunk: int):
     """fn(inputs) for an `fn` that is a sum over the tasks of `inputs` (a nest of tensors whose
     leading axis, static, is the task axis), computed `chunk_size(T, chunk)` tasks at a time and
-    added up, one chunk after the other (a while loop of sequential iterations): the memory of one
-    chunk's intermediates at a time, e.g. of a second-order gradient. `zeros` has the structure of
-    fn's output. With one chunk it is fn(inputs)."""
+    added up, one chunk after the other (inside `tf.function`, each chunk waits for the previous
+    one's result): the memory of one chunk's intermediates at a time, e.g. of a second-order gradient.
+    With one chunk it is fn(inputs).
+
+    The chunks are unrolled, not a `tf.while_loop`: with the loop inside the TRPO step's
+    conjugate-gradient loop, Grappler's arithmetic optimiser turned a sum of gradients into an
+    accumulator whose temporary variable outlived its step ("AlreadyExistsError: Resource
+    __per_step_0/...AddOpsRewrite.../tmp_var" on the next call; the context-vector policy)."""
     n_tasks = int(tf.nest.flatten(inputs)[0].shape[0])
     c = chunk_size(n_tasks, chunk)
     if c == n_tasks:
         return fn(inputs)
-    n = n_tasks // c
-    parts = tf.nest.map_structure(lambda x: tf.reshape(x, [n, c] + x.shape[1:].as_list()), inputs)
-
-    def body(i, total):
-        part = fn(tf.nest.map_structure(lambda x: x[i], parts))
-        return i + 1, tf.nest.map_structure(tf.add, total, part)
-
-    zeros = tf.nest.map_structure(tf.convert_to_tensor, zeros)
-    _, total = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), zeros), parallel_iterations=1)
-    return total
+    parts, after = [], []
+    for i in range(0, n_tasks, c):
+        with tf.control_dependencies(after):
+            parts.append(fn(tf.nest.map_structure(lambda x: tf.identity(x[i:i + c]), inputs)))
+        after = tf.nest.flatten(parts[-1])
+    return tf.nest.map_structure(lambda *xs: tf.add_n(list(xs)), *parts)
 
 
 def meta_loss(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,

@@ -218,14 +218,11 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
 
     def flops(fn, *args) -> int:
         return bench.graph_flops(fn.get_concrete_function(*args).graph)
-    # the FLOPs of the same pieces for all tasks at once (train.task_chunk 0, the same arithmetic):
-    # a chunked piece's matmuls sit in a while loop's body, which graph_flops does not read
-    whole = rl.make_learner(common.load(config, sets=[*sets, "train.task_chunk=0"]), pol.model)
     fl = {"adapt": flops(pol._adapt, theta, d0),
           "old_dist": flops(pol._dist, theta, d1.obs),
-          "loss_gradient": flops(whole._loss_grad, theta, d0, d1),
-          "kl_gradient": flops(whole._kl_grad, theta, d0, d1),
-          "line_search_candidate": flops(whole._loss_kl, theta, d0, d1)}
+          "loss_gradient": flops(pol._loss_grad, theta, d0, d1),
+          "kl_gradient": flops(pol._kl_grad, theta, d0, d1),
+          "line_search_candidate": flops(pol._loss_kl, theta, d0, d1)}
     if min(fl.values()) <= 0:
         raise RuntimeError(f"no matmul FLOPs found in the traced graphs: {fl}")
     hvps = t.cg_iters + 1

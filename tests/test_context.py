@@ -135,3 +135,19 @@ def test_z_counts_in_the_first_layers_fan_in_so_the_input_weights_start_smaller(
     for z in (2, 128):
         expected = math.sqrt(6.0 / (obs_dim + z + 100)) / math.sqrt(3.0)  # std of U(-limit, limit)
         assert abs(appendix.input_weight_std("rl/cheetah_dir/context", z) / expected - 1) < 0.05
+
+
+def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradients():
+    """Two MAML-TRPO iterations of the point context config as the campaign trains it (20 tasks, its
+    TRPO gradients in 2 chunks of 10). When the chunks were a tf.while_loop inside the CG loop,
+    Grappler's arithmetic optimiser made the second call fail ("AlreadyExistsError ... tmp_var"),
+    which the small test sizes did not show."""
+    import maml_tf.envs  # noqa: F401
+    from reproduce import common
+    cfg = common.load("rl/point/context")
+    assert cfg.train.meta_batch == 20 and maml.chunk_size(20, cfg.train.task_chunk) == 10
+    run = rl.RLRun(cfg)
+    run.begin(0, 2)
+    for step in range(2):
+        info = run.iterate(step)
+        assert np.isfinite(info["loss_after"]) and info["kl_after"] <= cfg.train.max_kl

@@ -65,8 +65,7 @@ class PolicyLearner:
 
         # The loss, the KL and their gradients are sums over tasks, computed `task_chunk` tasks at
         # a time (`maml.sum_over_tasks`): the memory of one chunk's second-order graph at a time.
-        over_tasks = lambda fn, zeros, d0, d1: maml.sum_over_tasks(lambda d: fn(*d), (d0, d1), task_chunk,
-                                                                    zeros)
+        over_tasks = lambda fn, d0, d1: maml.sum_over_tasks(lambda d: fn(*d), (d0, d1), task_chunk)
 
         def loss_part(params, d0, d1, n_tasks):  # these tasks' share of the mean surrogate
             out = model.apply(adapt(params, d0), d1.obs)
@@ -76,31 +75,25 @@ class PolicyLearner:
             out = model.apply(adapt(params, d0), d1.obs)
             return pooled_kl(out, d1.old_mean, d1.old_log_std, d1.mask, count)
 
-        zero = lambda: tf.constant(0.0)
-        zero_grads = lambda params: {k: tf.zeros_like(v) for k, v in params.items()}
-
         def loss(params, d0, d1):
             n = d1.obs.shape[0]
-            return over_tasks(lambda c0, c1: loss_part(params, c0, c1, n), zero(), d0, d1)
+            return over_tasks(lambda c0, c1: loss_part(params, c0, c1, n), d0, d1)
 
         def kl(params, d0, d1):
             count = valid_count(d1.mask)
-            return over_tasks(lambda c0, c1: kl_part(params, c0, c1, count), zero(), d0, d1)
+            return over_tasks(lambda c0, c1: kl_part(params, c0, c1, count), d0, d1)
 
         def loss_grad(params, d0, d1):
             n = d1.obs.shape[0]
-            return over_tasks(lambda c0, c1: trpo.value_and_grad(lambda p: loss_part(p, c0, c1, n), params),
-                              (zero(), zero_grads(params)), d0, d1)
+            return over_tasks(lambda c0, c1: trpo.value_and_grad(lambda p: loss_part(p, c0, c1, n), params), d0, d1)
 
         def kl_grad(params, d0, d1):
             count = valid_count(d1.mask)
-            return over_tasks(lambda c0, c1: trpo.value_and_grad(lambda p: kl_part(p, c0, c1, count), params),
-                              (zero(), zero_grads(params)), d0, d1)
+            return over_tasks(lambda c0, c1: trpo.value_and_grad(lambda p: kl_part(p, c0, c1, count), params), d0, d1)
 
         def loss_kl(params, d0, d1):
             n, count = d1.obs.shape[0], valid_count(d1.mask)
-            return over_tasks(lambda c0, c1: (loss_part(params, c0, c1, n), kl_part(params, c0, c1, count)),
-                              (zero(), zero()), d0, d1)
+            return over_tasks(lambda c0, c1: (loss_part(params, c0, c1, n), kl_part(params, c0, c1, count)), d0, d1)
 
         def direction(params, g, d0, d1):
             fn = trpo.make_direction_fn(grad_fn=lambda p: kl_grad(p, d0, d1)[1], cg_iters=cg_iters,
