@@ -187,16 +187,15 @@ class LinearFeatureBaseline:
         obs = np.asarray(observations)
         returns = np.asarray(returns, dtype=np.float64)
         m = _mask(returns, mask, lengths)
-        lead, nf = returns.shape[:-2], 2 * obs.shape[-1] + 4
-        paths = obs.shape[-3:]
-        obs_i, ret_i, m_i = obs.reshape((-1,) + paths), returns.reshape((-1,) + returns.shape[-2:]), \
-            m.reshape((-1,) + returns.shape[-2:])
-        coeffs, values = np.empty((len(ret_i), nf)), np.empty(ret_i.shape)
+        paths = returns.shape[-2:]
+        obs_i = obs.reshape((-1,) + obs.shape[-3:])
+        ret_i, m_i = returns.reshape((-1,) + paths), m.reshape((-1,) + paths)
+        coeffs, values = [], np.empty(ret_i.shape)
         for i in range(len(ret_i)):
             feats = linear_baseline_features(obs_i[i])
-            coeffs[i] = fit_linear(feats, ret_i[i], m_i[i], self.reg_coeff)
-            values[i] = (feats @ coeffs[i]) * m_i[i]
-        self.coeffs = coeffs.reshape(lead + (nf,))
+            coeffs.append(fit_linear(feats, ret_i[i], m_i[i], self.reg_coeff))
+            values[i] = (feats @ coeffs[-1]) * m_i[i]
+        self.coeffs = np.stack(coeffs).reshape(returns.shape[:-2] + (-1,))
         return values.reshape(returns.shape)
 
 

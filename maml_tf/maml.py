@@ -118,7 +118,7 @@ def sum_over_tasks(fn: Callable, inputs, chunk: int):
     parts, after = [], []
     for i in range(0, n_tasks, c):
         with tf.control_dependencies(after):
-            parts.append(fn(tf.nest.map_structure(lambda x: tf.identity(x[i:i + c]), inputs)))
+            parts.append(fn(tf.nest.map_structure(lambda x: x[i:i + c], inputs)))
         after = tf.nest.flatten(parts[-1])
     return tf.nest.map_structure(lambda *xs: tf.add_n(list(xs)), *parts)
 

@@ -190,9 +190,8 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
                 phase_steps[name] = smp.env_steps - steps
             seen[name] = (args, out)
             return out
-        steps = smp.env_steps
         info = pol.iteration(sample, clock)
-        env_steps = smp.env_steps - steps
+        env_steps = sum(phase_steps.values())
         theta, d0, d1 = seen["trpo_step"][0]
         # the pieces alone (eager CPU calls return computed tensors: no .numpy() needed to wait)
         _, grads = clock("loss_gradient", pol._loss_grad, theta, d0, d1)

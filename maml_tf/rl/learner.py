@@ -14,6 +14,7 @@ learner that the run loop (`maml_tf.loop`) trains: the iteration's tasks and rol
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from maml_tf import maml, nets, trpo
-from maml_tf.config import RLConfig
+from maml_tf.config import RLConfig, RLTrain
 from maml_tf.loop import Score
 from maml_tf.rl.distributions import (TRPOSamples, gaussian_log_prob, inner_targets, loss_inputs, pooled_kl,
                                       split_dist, surrogate_loss, valid_count, vpg_loss)
@@ -40,13 +41,13 @@ class PolicyLearner:
     `inner_steps` = 1 for MAML (the official num_grad_updates), 0 for the pretrained / oracle
     baselines (TRPO on the pre-update samples of all tasks). `task_chunk`: the tasks whose loss and
     KL gradients are computed at once (0: all; `maml.chunk_size`), which bounds the memory: the
-    ant's peak fell from 2.9 to 1.7 GB with 10 of its 40 tasks at a time, at the same speed."""
+    ant's peak fell from 2.9 to 2.3 GB with 10 of its 40 tasks at a time, at the same speed."""
 
     def __init__(self, model: nets.Model, seed: int, inner_lr: float, inner_steps: int = 1,
                  first_order: bool = False, max_kl: float = trpo.MAX_KL, cg_iters: int = trpo.CG_ITERS,
                  cg_damping: float = trpo.DAMPING, backtrack_ratio: float = trpo.BACKTRACK_RATIO,
                  max_backtracks: int = trpo.MAX_BACKTRACKS, fd_base_eps: float = trpo.FD_BASE_EPS,
-                 xla: bool = False, task_chunk: int = 10):
+                 xla: bool = False, task_chunk: int = RLTrain.task_chunk):
         self.model, self.inner_lr, self.inner_steps = model, inner_lr, inner_steps
         self.first_order = first_order
         self.trpo_args = dict(max_kl=max_kl, backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks)
@@ -65,35 +66,25 @@ class PolicyLearner:
 
         # The loss, the KL and their gradients are sums over tasks, computed `task_chunk` tasks at
         # a time (`maml.sum_over_tasks`): the memory of one chunk's second-order graph at a time.
-        over_tasks = lambda fn, d0, d1: maml.sum_over_tasks(lambda d: fn(*d), (d0, d1), task_chunk)
+        # Each piece takes one chunk and the normalisers of all the tasks (their number, and the
+        # valid samples that the pooled KL divides by).
+        def over_tasks(piece, params, d0, d1):
+            n, count = d1.obs.shape[0], valid_count(d1.mask)
+            return maml.sum_over_tasks(lambda d: piece(params, *d, n, count), (d0, d1), task_chunk)
 
-        def loss_part(params, d0, d1, n_tasks):  # these tasks' share of the mean surrogate
+        def loss_part(params, d0, d1, n_tasks, count):  # these tasks' share of the mean surrogate
             out = model.apply(adapt(params, d0), d1.obs)
             return tf.reduce_sum(surrogate_loss(out, (d1.actions, d1.adv, d1.mask, d1.old_logp))) / n_tasks
 
-        def kl_part(params, d0, d1, count):  # these tasks' share of the pooled KL
+        def kl_part(params, d0, d1, n_tasks, count):  # these tasks' share of the pooled KL
             out = model.apply(adapt(params, d0), d1.obs)
             return pooled_kl(out, d1.old_mean, d1.old_log_std, d1.mask, count)
 
-        def loss(params, d0, d1):
-            n = d1.obs.shape[0]
-            return over_tasks(lambda c0, c1: loss_part(params, c0, c1, n), d0, d1)
-
-        def kl(params, d0, d1):
-            count = valid_count(d1.mask)
-            return over_tasks(lambda c0, c1: kl_part(params, c0, c1, count), d0, d1)
-
-        def loss_grad(params, d0, d1):
-            n = d1.obs.shape[0]
-            return over_tasks(lambda c0, c1: trpo.value_and_grad(lambda p: loss_part(p, c0, c1, n), params), d0, d1)
-
-        def kl_grad(params, d0, d1):
-            count = valid_count(d1.mask)
-            return over_tasks(lambda c0, c1: trpo.value_and_grad(lambda p: kl_part(p, c0, c1, count), params), d0, d1)
-
-        def loss_kl(params, d0, d1):
-            n, count = d1.obs.shape[0], valid_count(d1.mask)
-            return over_tasks(lambda c0, c1: (loss_part(params, c0, c1, n), kl_part(params, c0, c1, count)), d0, d1)
+        grad_of = lambda part: lambda params, *chunk: trpo.value_and_grad(lambda p: part(p, *chunk), params)
+        loss, kl = functools.partial(over_tasks, loss_part), functools.partial(over_tasks, kl_part)
+        loss_grad = functools.partial(over_tasks, grad_of(loss_part))
+        kl_grad = functools.partial(over_tasks, grad_of(kl_part))
+        loss_kl = functools.partial(over_tasks, lambda *a: (loss_part(*a), kl_part(*a)))
 
         def direction(params, g, d0, d1):
             fn = trpo.make_direction_fn(grad_fn=lambda p: kl_grad(p, d0, d1)[1], cg_iters=cg_iters,
