@@ -54,7 +54,7 @@ CELLS = [
 
 
 def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool) -> dict:
-    from maml_tf import evaluate, tasks  # here: --help answers without TensorFlow
+    from maml_tf import tasks  # here: --help answers without TensorFlow
     from maml_tf import train as train_lib
     row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
            "order": cell.order, "accuracy": None, "ci95": None, "paper_accuracy": cell.paper_accuracy,
@@ -75,21 +75,13 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
-    from maml_tf import supervised
-    best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
-    res = evaluate.evaluate(best.model, best.param_values(), test_source, best.loss_fn, best.metric_fn,
-                            cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
-                            seed=cfg.eval.seed, batch=cfg.eval.batch)
-    step = cfg.eval.steps if cfg.eval.report_step is None else cfg.eval.report_step
-    done = int(best.step.numpy())
-    row.update(accuracy=round(100 * float(res["mean"][step]), 2), ci95=round(100 * float(res["ci95"][step]), 2),
-               accuracy_by_step=[round(100 * float(a), 2) for a in res["mean"]],
-               iterations=done, evaluated_checkpoint_step=best_step,
-               wall_time_s=round(float(best.wall_time.numpy()), 1),
-               status="full" if done >= PAPER_ITERATIONS else "partial",
-               commit=records.commit(), training_commits=runs.training_commits(run_dir), seed=cfg.seed,
-               machine=records.machine(), eval_seed=cfg.eval.seed,
-               eval_tasks=cfg.eval.tasks, test_steps=cfg.eval.steps)
+    row.update(evaluate_run(cfg, run_dir, test_source), commit=records.commit(), seed=cfg.seed,
+               machine=records.machine(), eval_seed=cfg.eval.seed, eval_tasks=cfg.eval.tasks,
+               test_steps=cfg.eval.steps)
+    done = row["iterations"]
+    seeds = other_seeds(cell, iterations, run_dir, test_source)
+    if seeds:
+        row["other_seeds"] = seeds
     if cell.paper_accuracy is not None:
         row["paper_inside_ci"] = bool(abs(row["accuracy"] - cell.paper_accuracy) <= row["ci95"])
     notes = []
@@ -101,8 +93,86 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         notes.append(f"no meta-validation yet (every {cfg.train.val_every} iterations): the latest checkpoint")
     if row["status"] == "partial":
         notes.append(validation_trend(run_dir))
+    notes += [step_trend(row, cfg), seed_spread(row)]
     row["note"] = "; ".join(n for n in notes if n)
     return row
+
+
+def evaluate_run(cfg, run_dir, test_source) -> dict:
+    """One run's checkpoint picked by meta-validation (the latest before the first validation),
+    evaluated on the config's fixed test tasks: accuracy % and 95% CI after each test step."""
+    from maml_tf import evaluate, supervised
+    from maml_tf import train as train_lib
+    best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
+    res = evaluate.evaluate(best.model, best.param_values(), test_source, best.loss_fn, best.metric_fn,
+                            cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
+                            seed=cfg.eval.seed, batch=cfg.eval.batch)
+    step = cfg.eval.steps if cfg.eval.report_step is None else cfg.eval.report_step
+    done = int(best.step.numpy())
+    return {"accuracy": round(100 * float(res["mean"][step]), 2), "ci95": round(100 * float(res["ci95"][step]), 2),
+            "accuracy_by_step": [round(100 * float(a), 2) for a in res["mean"]],
+            "ci95_by_step": [round(100 * float(c), 2) for c in res["ci95"]],
+            "iterations": done, "evaluated_checkpoint_step": best_step,
+            "wall_time_s": round(float(best.wall_time.numpy()), 1),
+            "status": "full" if done >= PAPER_ITERATIONS else "partial",
+            "training_commits": runs.training_commits(run_dir)}
+
+
+def seed_dirs(run_dir) -> dict[int, object]:
+    """{seed: run directory} of the cell's runs with other seeds: `<method>_seed<N>` beside the
+    config's own run (where `make campaign` trains them), each with a checkpoint."""
+    out = {}
+    for d in run_dir.parent.glob(f"{run_dir.name}_seed*"):
+        n = d.name[len(run_dir.name) + len("_seed"):]
+        if n.isdigit() and (d / "checkpoints" / "checkpoint").exists():
+            out[int(n)] = d
+    return dict(sorted(out.items()))
+
+
+def other_seeds(cell: Cell, iterations: int | None, run_dir, test_source) -> list[dict]:
+    """The cell's runs with other seeds, each evaluated as the main run (same test tasks)."""
+    rows = []
+    for seed, d in seed_dirs(run_dir).items():
+        cfg = common.load(cell.config, iterations, [f"seed={seed}"])
+        rows.append({"seed": seed, **evaluate_run(cfg, d, test_source)})
+    return rows
+
+
+def step_trend(row: dict, cfg) -> str:
+    """A finding when accuracy falls with further test steps: the headline step is the paper's
+    protocol, but a model trained with fewer inner steps can do best earlier. Reported, never
+    used to pick the headline number (these are meta-test tasks)."""
+    acc, ci = row.get("accuracy_by_step") or [], row.get("ci95_by_step") or []
+    if len(acc) < 3:
+        return ""
+    peak = max(range(1, len(acc)), key=lambda k: acc[k])
+    if acc[peak] - row["accuracy"] <= row["ci95"]:
+        return ""
+    text = (f"accuracy falls after test step {peak}: " + " / ".join(f"{a:.2f}" for a in acc[1:]) +
+            f" after 1..{len(acc) - 1} steps (trained with {cfg.train.inner_steps} inner step"
+            f"{'s' if cfg.train.inner_steps > 1 else ''})")
+    if row.get("paper_accuracy") is not None and not row.get("paper_inside_ci") and len(ci) == len(acc) \
+            and abs(acc[peak] - row["paper_accuracy"]) <= ci[peak]:
+        text += f"; the paper's value lies inside our interval after step {peak} ({acc[peak]:.2f} ± {ci[peak]:.2f})"
+    return text
+
+
+def seed_spread(row: dict) -> str:
+    """With runs of other seeds: each seed's accuracy, their mean and standard deviation, and
+    whether the paper's value lies inside the seeds' range."""
+    seeds = row.get("other_seeds") or []
+    if not seeds:
+        return ""
+    import statistics
+    every = [(row["seed"], row["accuracy"], row["status"])] + [(s["seed"], s["accuracy"], s["status"]) for s in seeds]
+    accs = [a for _, a, _ in every]
+    text = ("seeds " + " / ".join(str(s) for s, _, _ in every) + ": " +
+            " / ".join(f"{a:.2f}" + ("" if st == "full" else " (partial)") for _, a, st in every) +
+            f", mean {statistics.mean(accs):.2f}, std {statistics.stdev(accs):.2f}")
+    if row.get("paper_accuracy") is not None:
+        inside = min(accs) <= row["paper_accuracy"] <= max(accs)
+        text += f"; the paper's value is {'inside' if inside else 'outside'} the seeds' range"
+    return text
 
 
 def validation_curve(run_dir) -> dict[int, float]:

@@ -82,6 +82,10 @@ def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
         assert names.index("omniglot/conv_5w5s") < stages[0] < names.index("rl/cheetah_vel/maml")
         assert names.index("rl/cheetah_dir/oracle") < stages[1] < names.index("omniglot/conv_20w1s")
         assert names.index("omniglot/conv_5w5s_context") < stages[1]
+    # MLP 5-way 5-shot ended outside the paper's interval: its extra seeds come before MiniImagenet
+    seeds = [i for i, r in enumerate(campaign.QUEUE) if r.config == "omniglot/mlp_5w5s" and r.seed is not None]
+    assert len(seeds) == 2 and all(campaign.QUEUE[i].report == ("table1", "omniglot_5w5s_mlp") for i in seeds)
+    assert names.index("omniglot/conv_5w5s") < seeds[0] < names.index("miniimagenet/conv_5w1s")
     # every run has its own directory (a run queued in stages: one directory, growing budgets)
     dirs = {}
     for r in campaign.QUEUE:

@@ -116,3 +116,44 @@ def test_table1_reports_cells_not_run_with_the_reason(tmp_path, monkeypatch):
         if r["dataset"] == "miniimagenet":
             assert "make data-miniimagenet" in r["note"]
     assert "not_run" in (tmp_path / "table1.md").read_text()
+
+
+def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omniglot_npz, tmp_path, monkeypatch):
+    import json
+    from reproduce import campaign, table1
+    from reproduce import train as train_entry
+    for seed, name in ((0, "mlp"), (3, "mlp_seed3")):
+        assert train_entry.main([
+            "omniglot/mlp_5w5s", "--iterations", "40", "--set", f"seed={seed}", "--set", f"task.path={omniglot_npz}",
+            "--set", "train.meta_batch=4", "--set", "train.checkpoint_every=20", "--set", "train.log_every=20",
+            "--threads", "1", "--quiet", "--results", str(tmp_path),
+            "--run-dir", str(tmp_path / "omniglot_5w5s" / name)]) == 0
+    build = tasks.build
+    monkeypatch.setattr(tasks, "build", lambda spec, split="train": build({**spec, "path": str(omniglot_npz)}, split))
+    assert table1.main(["--eval-only", "--cells", "omniglot_5w5s_mlp", "--results", str(tmp_path), "--quiet"]) == 0
+    row = next(r for r in json.loads((tmp_path / "table1.json").read_text()) if r["config"] == "omniglot/mlp_5w5s")
+    (other,) = row["other_seeds"]
+    assert row["seed"] == 0 and other["seed"] == 3 and other["iterations"] == row["iterations"] == 40
+    assert other["accuracy"] != row["accuracy"]  # its own checkpoint: another initialisation
+    assert len(other["accuracy_by_step"]) == len(other["ci95_by_step"]) == 4
+    assert "seeds 0 / 3: " in row["note"] and "(partial)" in row["note"]
+    # the campaign counts the seed run's evaluation as its own (not the seed-0 row's)
+    runs = [campaign.Run("omniglot/mlp_5w5s", ("table1", "omniglot_5w5s_mlp"), s) for s in (None, 3, 4)]
+    reported = campaign._reported(tmp_path, runs)
+    assert reported == {runs[0].name: 40, runs[1].name: 40}
+
+
+def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
+    from reproduce import table1
+    from reproduce import common
+    cfg = common.load("omniglot/mlp_5w5s")  # trained with 1 inner step
+    row = {"accuracy": 95.73, "ci95": 0.71, "accuracy_by_step": [20.1, 97.26, 96.35, 95.73],
+           "ci95_by_step": [0.5, 0.6, 0.65, 0.71], "paper_accuracy": 97.5, "paper_inside_ci": False, "seed": 0,
+           "status": "full"}
+    text = table1.step_trend(row, cfg)
+    assert "falls after test step 1: 97.26 / 96.35 / 95.73" in text and "inside our interval after step 1" in text
+    assert table1.step_trend({**row, "accuracy_by_step": [20.1, 95.9, 95.8, 95.73]}, cfg) == ""  # within the CI
+    assert table1.seed_spread(row) == ""
+    row["other_seeds"] = [{"seed": 1, "accuracy": 97.0, "status": "full"}, {"seed": 2, "accuracy": 96.0, "status": "partial"}]
+    assert table1.seed_spread(row) == ("seeds 0 / 1 / 2: 95.73 / 97.00 / 96.00 (partial), mean 96.24, std 0.67; "
+                                       "the paper's value is outside the seeds' range")
