@@ -10,10 +10,13 @@ them. In RL the context joins the observation at every time step.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
 from maml_tf import nets
+from maml_tf.config import ConfigError
 
 
 def _widened(spec: dict, z_dim: int) -> tuple[dict, callable]:
@@ -48,11 +51,25 @@ def concat_context(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
     return tf.concat([x, tf.cast(z, x.dtype)], axis=-1)
 
 
-def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | None = None) -> nets.Model:
+INITS = ("widened", "base")
+
+
+def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | None = None,
+            init: str = "widened") -> nets.Model:
     """The `base` model (a `model` config section) with a context vector of `z_dim` entries. RL
-    passes obs_dim / act_dim (from the environment) on to a gaussian_mlp base."""
+    passes obs_dim / act_dim (from the environment) on to a gaussian_mlp base.
+
+    `init` says how the first layer starts:
+      * "widened": the base network's initialiser on the widened input, so z's entries count in
+        that layer's Glorot fan-in and the weights on the input itself start smaller for a larger
+        z (the runs trained before "base" existed);
+      * "base": every parameter is the base network's of the same seed, and z's rows of the first
+        layer are drawn at that layer's own scale. With z at zero the model starts as the MAML
+        row's network, whatever z_dim is: runs of different z_dim differ only in what z adds."""
     if z_dim < 1:
-        raise ValueError(f"z_dim must be >= 1, got {z_dim}")
+        raise ConfigError(f"model.z_dim must be >= 1, got {z_dim}")
+    if init not in INITS:
+        raise ConfigError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
     base = dict(base)
     if base.get("kind") == "gaussian_mlp":
         base.update(obs_dim=obs_dim, act_dim=act_dim)
@@ -60,11 +77,29 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
     inner = nets.build(spec)   # the network on the widened input: its parameters and their names
     names = frozenset(inner.init(0))
     folded = _folded(base, spec, natural)
+    plain = nets.build(base)
+    first, d = ("conv1", base["channels"]) if base["kind"] == "conv4" else \
+        ("w1", base["sizes"][0] if base["kind"] == "mlp" else base["obs_dim"])
+    scale = math.sqrt(_glorot_fans(spec) / _glorot_fans(base))  # the base layer's scale / the widened one's
 
-    def init(seed: int) -> dict:
-        return {**inner.init(seed), "z": tf.zeros([z_dim])}
+    def init_params(seed: int) -> dict:
+        params = inner.init(seed)
+        if init == "base":
+            own = plain.init(seed)
+            params = {**own, first: tf.concat([own[first], params[first][..., d:, :] * scale], axis=-2)}
+        return {**params, "z": tf.zeros([z_dim])}
 
-    return inner._replace(init=init, apply=folded, frozen=names)
+    return inner._replace(init=init_params, apply=folded, frozen=names)
+
+
+def _glorot_fans(spec: dict) -> int:
+    """fan_in + fan_out of the first layer's Glorot initialiser (1 for the MLP, whose truncated
+    normal of std 0.01 does not depend on its fans)."""
+    if spec["kind"] == "conv4":
+        return 9 * (spec["channels"] + spec["filters"])
+    if spec["kind"] == "gaussian_mlp":
+        return spec["obs_dim"] + list(spec.get("hidden", (100, 100)))[0]
+    return 1
 
 
 def _split_first_layer(w: tf.Tensor, z: tf.Tensor, d: int, base_rank: int):

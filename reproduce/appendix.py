@@ -239,11 +239,12 @@ def batch_norm_note() -> str:
             "we keep the network of the MAML row, as Appendix C states.")
 
 
-def input_weight_std(config: str, z_dim: int) -> float:
+def input_weight_std(config: str, z_dim: int, sets=()) -> float:
     """The std of the context model's first-layer weights on the input itself (not z's rows) at
-    initialisation: z's entries count in that layer's fan-in (Glorot uniform, as the base net's)."""
+    initialisation: with model.init widened, z's entries count in that layer's fan-in (Glorot
+    uniform, as the base net's); with base, it is the base network's whatever z_dim is."""
     from maml_tf import nets, rl
-    cfg = common.load(config, sets=[f"model.z_dim={z_dim}"])
+    cfg = common.load(config, sets=[*(s for s in sets if not s.startswith("model.z_dim=")), f"model.z_dim={z_dim}"])
     model = rl.build_model(cfg) if isinstance(cfg, config_lib.RLConfig) else nets.build(cfg.model)
     w = model.init(cfg.seed)
     w = (w["conv1"] if "conv1" in w else w["w1"]).numpy()
@@ -286,18 +287,24 @@ def context_pilot(args) -> int:
             best = max(scored, key=scored.get)
             edge = " (the largest size tried: a larger one may be better still)" if best == max(map(int, v["candidates"])) else ""
             lines.append(f"- {setting}: so far z_dim = {best} scores best of {sorted(scored)}{edge}.")
-    scales = []
+    scales, based = [], []
     for setting, v in settings.items():
         zs = sorted(map(int, v["candidates"]))
-        config = v["candidates"][str(zs[0])]["config"]
-        std = {z: input_weight_std(config, z) for z in (zs[0], zs[-1])}
+        first = v["candidates"][str(zs[0])]
+        std = {z: input_weight_std(first["config"], z, first["sets"]) for z in (zs[0], zs[-1])}
         v["input_weight_std"] = std
-        scales.append(f"{setting} {std[zs[0]]:.3f} at z_dim {zs[0]} and {std[zs[-1]]:.3f} at {zs[-1]}")
+        (based if "model.init=base" in first["sets"] else scales).append(
+            f"{setting} {std[zs[0]]:.3f} at z_dim {zs[0]} and {std[zs[-1]]:.3f} at {zs[-1]}")
     lines.append("- The initial scale differs with z_dim: z's entries count in the first layer's fan-in (Glorot "
                  "uniform, as in the base network), so a larger z starts the weights on the input itself smaller "
                  f"(their std: {'; '.join(scales)}). Part of the pilots' differences may come from this scale rather "
                  "than from what z learns; for the RL pilots, what the inner step adds is the post minus "
                  "pre-update return in the table.")
+    if based:
+        lines.append("- Settings named `_base` repeat the pilots with `model.init: base`: every parameter starts as "
+                     "the base network's of the same seed (the MAML row's starting point) and z's rows of the first "
+                     "layer at that layer's own scale, so with z at zero every z_dim starts as the same network and "
+                     f"the pilots differ only in what z adds (input weights' std: {'; '.join(based)}).")
     lines.append(batch_norm_note())
     folder = args.results / "appendix"
     records.write_table(folder / "context_pilot.json", out, folder / "context_pilot.md", "\n".join(lines) + "\n")

@@ -125,13 +125,17 @@ QUEUE: list[Run] = [
     _cell("omniglot/conv_5w1s_first_order", "omniglot_5w1s_conv_first_order"),
     # Appendix C's pilot runs, which choose the context vector's size (reproduce.appendix
     # context-pilot): cheap (about 1 core-hour in all), and they unblock the Appendix C runs below.
-    # Half-cheetah's best was the largest size, 128, so it tries 512 too.
+    # Half-cheetah's best was the largest size, 128, so it tries 512 too (then, since 512 led as
+    # well, every size again with an initialisation that does not depend on z_dim).
     *[Run(config, ("appendix", "context-pilot"), sets=(f"model.z_dim={z}",) + extra, iterations=it,
           dir=f"appendix/context_pilot/{name}_z{z}")
       for config, name, it, extra, zs in (
           ("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",), PILOT_Z),
           ("rl/point/context", "point", 30, (), PILOT_Z),
-          ("rl/cheetah_dir/context", "cheetah_dir", 20, (), PILOT_Z + (512,)))
+          ("rl/cheetah_dir/context", "cheetah_dir", 20, ("model.init=widened",), PILOT_Z + (512,)),
+          # the widened pilots' ranking followed the initial scale (monotone in z_dim): the same
+          # sizes again, each starting as the MAML row's policy (model.init: base)
+          ("rl/cheetah_dir/context", "cheetah_dir_base", 20, ("model.init=base",), PILOT_Z + (512,)))
       for z in zs],
     _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
     # MLP 5-way 5-shot ended outside the paper's interval: two more seeds (about 1.5 core-hours

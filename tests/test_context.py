@@ -134,7 +134,11 @@ def test_z_counts_in_the_first_layers_fan_in_so_the_input_weights_start_smaller(
     obs_dim, _ = rl.env_dims("maml/HalfCheetahDir-v0")
     for z in (2, 128):
         expected = math.sqrt(6.0 / (obs_dim + z + 100)) / math.sqrt(3.0)  # std of U(-limit, limit)
-        assert abs(appendix.input_weight_std("rl/cheetah_dir/context", z) / expected - 1) < 0.05
+        std = appendix.input_weight_std("rl/cheetah_dir/context", z, ["model.init=widened"])
+        assert abs(std / expected - 1) < 0.05
+        # the half-cheetah run's own config (model.init: base) starts as the MAML policy: the same std
+        base = math.sqrt(6.0 / (obs_dim + 100)) / math.sqrt(3.0)
+        assert abs(appendix.input_weight_std("rl/cheetah_dir/context", z) / base - 1) < 0.05
 
 
 def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradients():
@@ -151,3 +155,31 @@ def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradie
     for step in range(2):
         info = run.iterate(step)
         assert np.isfinite(info["loss_after"]) and info["kl_after"] <= cfg.train.max_kl
+
+
+@pytest.mark.parametrize("base, first, d", [
+    ({"kind": "conv4", "n_out": 5, "channels": 1, "filters": 32, "image_size": 12, "max_pool": False}, "conv1", 1),
+    ({"kind": "mlp", "sizes": [20, 64, 5]}, "w1", 20),
+    ({"kind": "gaussian_mlp", "hidden": [100, 100]}, "w1", 20)])
+def test_a_context_model_initialised_as_its_base_starts_as_the_base_network_whatever_z_dim(base, first, d):
+    """init: base: with z at zero the model is the base network of the same seed (the MAML row's
+    starting point) for every z_dim, and z's rows start at the base layer's own scale; with the
+    default (widened) the input's weights shrink as z_dim grows."""
+    dims = {"obs_dim": 20, "act_dim": 6} if base["kind"] == "gaussian_mlp" else {}
+    plain = nets.build({**base, **dims})
+    own = plain.init(5)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((2, 4, 12, 12, 1) if base["kind"] == "conv4" else (2, 4, d)), tf.float32)
+    expected = plain.apply(own, x).numpy()
+    base_std = own[first].numpy().std()
+    for z_dim in (2, 64):
+        model = context.context(base, z_dim, init="base", **dims)
+        p = model.init(5)
+        np.testing.assert_allclose(model.apply(p, x).numpy(), expected, rtol=1e-5, atol=1e-6)
+        z_rows = p[first].numpy()[..., d:, :]
+        assert z_rows.shape[-2] == z_dim and abs(z_rows.std() / base_std - 1) < 0.15, (z_dim, z_rows.std(), base_std)
+        widened = context.context(base, z_dim, **dims).init(5)[first].numpy()[..., :d, :]
+        if base["kind"] != "mlp" and z_dim == 64:  # (the MLP's truncated normal does not depend on its fans)
+            assert widened.std() < 0.97 * base_std
+    with pytest.raises(ValueError, match="model.init"):
+        context.context(base, 2, init="narrow", **dims)
