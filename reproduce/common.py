@@ -14,8 +14,13 @@ CONFIGS = ROOT / "reproduce" / "configs"
 RESULTS = ROOT / "results"
 
 
-def run_dir(cfg: config_lib.Config, results: Path = RESULTS) -> Path:
-    return results / cfg.experiment / cfg.method
+def run_dir(cfg: config_lib.Config, results: Path = RESULTS, name: str | Path | None = None) -> Path:
+    """RESULTS/<experiment>/<method>; with the config's `name`, a seed other than the one its file
+    sets trains in <method>_seed<N> (as `make campaign` does), where `make table1` finds each seed."""
+    method = cfg.method
+    if name is not None and cfg.seed != load(name).seed:
+        method += f"_seed{cfg.seed}"
+    return results / cfg.experiment / method
 
 
 def load(name: str | Path, iterations: int | None = None, sets: list[str] = ()) -> config_lib.Config:

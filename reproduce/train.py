@@ -14,7 +14,8 @@ def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("config", help="a config under reproduce/configs (e.g. omniglot/conv_5w1s) or a path")
     p.add_argument("--run-dir", default=None,
-                   help="the run's directory (default: RESULTS/<experiment>/<method> of the config)")
+                   help="the run's directory (default: RESULTS/<experiment>/<method> of the config, "
+                        "<method>_seed<N> with --set seed=N other than the config's)")
     args = common.parse(p, argv, replicas=None)
 
     def body():
@@ -23,7 +24,7 @@ def main(argv=None) -> int:
         # replica per worker in a multi-worker run) every core serves the one device
         common.use_cores(args.threads, replicas=not isinstance(cfg, RLConfig)
                          and cfg.train.distribute == "mirrored")
-        run_dir = args.run_dir or common.run_dir(cfg, args.results)
+        run_dir = args.run_dir or common.run_dir(cfg, args.results, args.config)
         from maml_tf import train as train_lib
         train_lib.train(cfg, run_dir, quiet=args.quiet)
 

@@ -141,6 +141,11 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     runs = [campaign.Run("omniglot/mlp_5w5s", ("table1", "omniglot_5w5s_mlp"), s) for s in (None, 3, 4)]
     reported = campaign._reported(tmp_path, runs)
     assert reported == {runs[0].name: 40, runs[1].name: 40}
+    # `reproduce.train --set seed=N` without --run-dir trains where the campaign and table1 look
+    from reproduce import common
+    for run in runs:
+        cfg = common.load(run.config, sets=[f"seed={run.seed}"] if run.seed is not None else [])
+        assert common.run_dir(cfg, tmp_path, run.config) == run.run_dir(tmp_path)
 
 
 def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
