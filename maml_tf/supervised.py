@@ -175,12 +175,17 @@ def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: in
 def validate(learner: MetaLearner, cfg: Config) -> float:
     """Mean meta-validation metric with the test protocol (eval.task, eval.steps, the reported
     step), on `val_tasks` fixed tasks of the validation split."""
+    e = cfg.eval
+    return float(validation_by_step(learner, cfg)["mean"][e.steps if e.report_step is None else e.report_step])
+
+
+def validation_by_step(learner: MetaLearner, cfg: Config) -> dict:
+    """`evaluate.evaluate` on the meta-validation tasks of `validate`: the metric after 0..eval.steps."""
     t, e = cfg.train, cfg.eval
     source = tasks.build({**cfg.task, **e.task}, split="val")
-    res = evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn,
-                            learner.metric_fn, steps=e.steps, alpha=step_size(learner),
-                            n_tasks=t.val_tasks, seed=t.val_seed, batch=e.batch)
-    return float(res["mean"][e.steps if e.report_step is None else e.report_step])
+    return evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn,
+                             learner.metric_fn, steps=e.steps, alpha=step_size(learner),
+                             n_tasks=t.val_tasks, seed=t.val_seed, batch=e.batch)
 
 
 def step_size(learner: MetaLearner):

@@ -93,7 +93,12 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         notes.append(f"no meta-validation yet (every {cfg.train.val_every} iterations): the latest checkpoint")
     if row["status"] == "partial":
         notes.append(validation_trend(run_dir))
-    notes += [step_trend(row, cfg), seed_spread(row)]
+    trend = step_trend(row, cfg)
+    if trend and cfg.train.val_tasks:  # the same curve on meta-validation tasks: not a test-set accident
+        row["val_accuracy_by_step"] = validation_by_step(cfg, run_dir)
+        trend += (f"; on {cfg.train.val_tasks} meta-validation tasks: " +
+                  " / ".join(f"{a:.2f}" for a in row["val_accuracy_by_step"][1:]))
+    notes += [trend, seed_spread(row)]
     row["note"] = "; ".join(n for n in notes if n)
     return row
 
@@ -116,6 +121,14 @@ def evaluate_run(cfg, run_dir, test_source) -> dict:
             "wall_time_s": round(float(best.wall_time.numpy()), 1),
             "status": "full" if done >= PAPER_ITERATIONS else "partial",
             "training_commits": runs.training_commits(run_dir)}
+
+
+def validation_by_step(cfg, run_dir) -> list[float]:
+    """Meta-validation accuracy % after 0..eval.steps of the checkpoint that table1 evaluates."""
+    from maml_tf import supervised
+    from maml_tf import train as train_lib
+    best, _ = train_lib.restore(cfg, run_dir, "best")
+    return [round(100 * float(a), 2) for a in supervised.validation_by_step(best, cfg)["mean"]]
 
 
 def seed_dirs(run_dir) -> dict[int, object]:

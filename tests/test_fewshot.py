@@ -126,6 +126,7 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
         assert train_entry.main([
             "omniglot/mlp_5w5s", "--iterations", "40", "--set", f"seed={seed}", "--set", f"task.path={omniglot_npz}",
             "--set", "train.meta_batch=4", "--set", "train.checkpoint_every=20", "--set", "train.log_every=20",
+            "--set", "train.val_every=20", "--set", "train.val_tasks=50",
             "--threads", "1", "--quiet", "--results", str(tmp_path),
             "--run-dir", str(tmp_path / "omniglot_5w5s" / name)]) == 0
     build = tasks.build
@@ -141,8 +142,15 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     runs = [campaign.Run("omniglot/mlp_5w5s", ("table1", "omniglot_5w5s_mlp"), s) for s in (None, 3, 4)]
     reported = campaign._reported(tmp_path, runs)
     assert reported == {runs[0].name: 40, runs[1].name: 40}
-    # `reproduce.train --set seed=N` without --run-dir trains where the campaign and table1 look
+    # the meta-validation curve that table1 reports beside a falling test curve is the one that
+    # picked the checkpoint: at the protocol's step it is the best logged meta-validation accuracy
     from reproduce import common
+    cfg = common.load("omniglot/mlp_5w5s", sets=["train.val_tasks=50"])
+    curve = table1.validation_by_step(cfg, tmp_path / "omniglot_5w5s" / "mlp")
+    logged = [r["val_accuracy"] for r in map(json.loads, (tmp_path / "omniglot_5w5s" / "mlp" / "metrics.jsonl")
+                                                         .read_text().splitlines()) if "val_accuracy" in r]
+    assert len(logged) == 2 and len(curve) == 4 and abs(curve[3] - 100 * max(logged)) < 0.01
+    # `reproduce.train --set seed=N` without --run-dir trains where the campaign and table1 look
     for run in runs:
         cfg = common.load(run.config, sets=[f"seed={run.seed}"] if run.seed is not None else [])
         assert common.run_dir(cfg, tmp_path, run.config) == run.run_dir(tmp_path)
