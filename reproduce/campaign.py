@@ -153,7 +153,7 @@ QUEUE: list[Run] = [
     Run("omniglot/conv_5w5s_context", ("appendix", "context")),
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context"), hold=CONTEXT_HOLD),
     # MiniImagenet's second stage after them: the context runs complete Appendix C's tables for
-    # fewer core-hours (point 0.2, Omniglot about 15 each) than a MiniImagenet cell (about 45)
+    # fewer core-hours (point 0.2, Omniglot about 5 each) than a MiniImagenet cell (about 45)
     *[_cell(c, cell) for c, cell, _ in MINIIMAGENET],
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),
