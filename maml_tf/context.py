@@ -52,6 +52,7 @@ def concat_context(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
 
 
 INITS = ("widened", "base")
+Z_SEED_OFFSET = 1_000_003  # init "base": z's first-layer rows are drawn with seed + this
 
 
 def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | None = None,
@@ -64,8 +65,10 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
         that layer's Glorot fan-in and the weights on the input itself start smaller for a larger
         z (the runs trained before "base" existed);
       * "base": every parameter is the base network's of the same seed, and z's rows of the first
-        layer are drawn at that layer's own scale. With z at zero the model starts as the MAML
-        row's network, whatever z_dim is: runs of different z_dim differ only in what z adds."""
+        layer are drawn (from their own random stream) at that layer's own scale. With z at zero
+        the model starts as the MAML row's network whatever z_dim is, so runs of different z_dim
+        differ only in their context vector: its size and, with it, how far one inner step on z
+        moves the first layer (by -alpha W_z^T W_z g, whose trace grows with z_dim)."""
     if z_dim < 1:
         raise ConfigError(f"model.z_dim must be >= 1, got {z_dim}")
     if init not in INITS:
@@ -86,7 +89,11 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
         params = inner.init(seed)
         if init == "base":
             own = plain.init(seed)
-            params = {**own, first: tf.concat([own[first], params[first][..., d:, :] * scale], axis=-2)}
+            # z's rows from a stream of their own: the widened kernel drawn with the same seed as
+            # the base one would repeat the base kernel's numbers in z's rows (conv4: channels are
+            # not the leading axis)
+            z_rows = inner.init(seed + Z_SEED_OFFSET)[first][..., d:, :] * scale
+            params = {**own, first: tf.concat([own[first], z_rows], axis=-2)}
         return {**params, "z": tf.zeros([z_dim])}
 
     return inner._replace(init=init_params, apply=folded, frozen=names)
@@ -98,7 +105,7 @@ def _glorot_fans(spec: dict) -> int:
     if spec["kind"] == "conv4":
         return 9 * (spec["channels"] + spec["filters"])
     if spec["kind"] == "gaussian_mlp":
-        return spec["obs_dim"] + list(spec.get("hidden", (100, 100)))[0]
+        return spec["obs_dim"] + ([*spec.get("hidden", (100, 100))] or [spec["act_dim"]])[0]
     return 1
 
 

@@ -34,6 +34,8 @@ RECOVERY_CHANGES = {"meta_lr", "inner_lr", "grad_clip", "max_kl"}
 # RL gradients summed over chunks of tasks, `maml.sum_over_tasks`)
 RECORDED_CHANGES = {("train", k) for k in RECOVERY_CHANGES} | {("model", "impl"), ("train", "task_chunk")}
 SILENT_CHANGES = {("train", k) for k in RESUMABLE_CHANGES}
+# keys added after runs were saved without them: a missing key means this value (what those runs did)
+ADDED_KEYS = {("model", "init"): "widened"}
 
 
 # how many cores this process trains on (set by distribute.use_cpu_cores; recorded in sessions.jsonl)
@@ -104,7 +106,8 @@ def check_resume(run_dir: Path, cfg) -> dict:
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for k in set(a) | set(b):
-                if a.get(k) == b.get(k) or section == "eval" or (section, k) in SILENT_CHANGES:
+                if a.get(k, ADDED_KEYS.get((section, k))) == b.get(k, ADDED_KEYS.get((section, k))) \
+                        or section == "eval" or (section, k) in SILENT_CHANGES:
                     continue
                 if (section, k) in RECORDED_CHANGES:
                     changed[f"{section}.{k}"] = [a.get(k), b.get(k)]

@@ -433,8 +433,34 @@ class Campaign:
                 self.log(f"campaign: the report ended with {rc}; the next campaign runs it again")
                 continue
             reported = _reported(self.results, self.queue)
-            reported.update({r.name: done_iterations(r.run_dir(self.results)) for r in runs})
+            reported.update(evaluated(runs, self.results, args[0]))
             records.write_json(self.results / "campaign.json", {"reported_iterations": dict(sorted(reported.items()))})
+
+
+def evaluated(runs: list[Run], results: Path, report: str) -> dict:
+    """{run name: iterations} of the runs a successful report evaluated: all it was given, except
+    that a seed run of a Table 1 cell counts only where results/table1.json lists that seed at its
+    iterations (table1 evaluates seeds beside the cell's own run, and skips them when that run
+    cannot be evaluated)."""
+    listed = _table1_iterations(results) if report == "reproduce.table1" else {}
+    out = {}
+    for r in runs:
+        done = done_iterations(r.run_dir(results))
+        if r.seed is None or report != "reproduce.table1" or listed.get((r.config, r.seed)) == done:
+            out[r.name] = done
+    return out
+
+
+def _table1_iterations(results: Path) -> dict:
+    """{(config, seed or None for the config's own run): iterations} in results/table1.json."""
+    try:
+        t1 = {}
+        for r in json.loads((results / "table1.json").read_text()):
+            t1[r["config"], None] = r.get("iterations", 0)
+            t1.update({(r["config"], s["seed"]): s.get("iterations") for s in r.get("other_seeds", [])})
+        return t1
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
 
 
 def _reported(results: Path, queue: list[Run] | None = None) -> dict:
@@ -442,13 +468,7 @@ def _reported(results: Path, queue: list[Run] | None = None) -> dict:
     for a run it does not list, the iterations its result file records (results/table1.json,
     results/rl/<env>.json)."""
     out = {}
-    try:
-        t1 = {}  # (config, seed or None for the config's own): iterations
-        for r in json.loads((results / "table1.json").read_text()):
-            t1[r["config"], None] = r.get("iterations", 0)
-            t1.update({(r["config"], s["seed"]): s["iterations"] for s in r.get("other_seeds", [])})
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        t1 = {}
+    t1 = _table1_iterations(results)
     for run in queue or QUEUE:
         if run.report[:1] == ("table1",) and (run.config, run.seed) in t1:
             out[run.name] = t1[run.config, run.seed]

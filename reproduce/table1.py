@@ -147,22 +147,26 @@ def other_seeds(cell: Cell, iterations: int | None, run_dir, test_source) -> lis
     rows = []
     for seed, d in seed_dirs(run_dir).items():
         cfg = common.load(cell.config, iterations, [f"seed={seed}"])
-        rows.append({"seed": seed, **evaluate_run(cfg, d, test_source)})
+        try:
+            rows.append({"seed": seed, **evaluate_run(cfg, d, test_source)})
+        except Exception as e:  # one broken seed directory must not stop the table (nor the others)
+            rows.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
     return rows
 
 
 def step_trend(row: dict, cfg) -> str:
-    """A finding when accuracy falls with further test steps: the headline step is the paper's
-    protocol, but a model trained with fewer inner steps can do best earlier. Reported, never
-    used to pick the headline number (these are meta-test tasks)."""
+    """A finding when accuracy falls with further test steps before the headline step (the paper's
+    protocol): a model trained with fewer inner steps can do best earlier. Reported, never used to
+    pick the headline number (these are meta-test tasks)."""
     acc, ci = row.get("accuracy_by_step") or [], row.get("ci95_by_step") or []
-    if len(acc) < 3:
+    headline = cfg.eval.steps if cfg.eval.report_step is None else cfg.eval.report_step
+    if len(acc) <= headline or headline < 2:
         return ""
-    peak = max(range(1, len(acc)), key=lambda k: acc[k])
-    if acc[peak] - row["accuracy"] <= row["ci95"]:
+    peak = max(range(1, headline), key=lambda k: acc[k])
+    if acc[peak] - acc[headline] <= row["ci95"]:
         return ""
-    text = (f"accuracy falls after test step {peak}: " + " / ".join(f"{a:.2f}" for a in acc[1:]) +
-            f" after 1..{len(acc) - 1} steps (trained with {cfg.train.inner_steps} inner step"
+    text = (f"accuracy falls after test step {peak}: " + " / ".join(f"{a:.2f}" for a in acc[1:headline + 1]) +
+            f" after 1..{headline} steps (trained with {cfg.train.inner_steps} inner step"
             f"{'s' if cfg.train.inner_steps > 1 else ''})")
     if row.get("paper_accuracy") is not None and not row.get("paper_inside_ci") and len(ci) == len(acc) \
             and abs(acc[peak] - row["paper_accuracy"]) <= ci[peak]:
@@ -171,20 +175,23 @@ def step_trend(row: dict, cfg) -> str:
 
 
 def seed_spread(row: dict) -> str:
-    """With runs of other seeds: each seed's accuracy, their mean and standard deviation, and
-    whether the paper's value lies inside the seeds' range."""
+    """With runs of other seeds: each seed's accuracy (partial runs labelled), and over the runs
+    at the full budget, when there are two or more, their mean and standard deviation and whether
+    the paper's value lies inside their range."""
     seeds = row.get("other_seeds") or []
     if not seeds:
         return ""
     import statistics
-    every = [(row["seed"], row["accuracy"], row["status"])] + [(s["seed"], s["accuracy"], s["status"]) for s in seeds]
-    accs = [a for _, a, _ in every]
-    text = ("seeds " + " / ".join(str(s) for s, _, _ in every) + ": " +
-            " / ".join(f"{a:.2f}" + ("" if st == "full" else " (partial)") for _, a, st in every) +
-            f", mean {statistics.mean(accs):.2f}, std {statistics.stdev(accs):.2f}")
-    if row.get("paper_accuracy") is not None:
-        inside = min(accs) <= row["paper_accuracy"] <= max(accs)
-        text += f"; the paper's value is {'inside' if inside else 'outside'} the seeds' range"
+    every = [{"seed": row["seed"], "accuracy": row["accuracy"], "status": row["status"]}] + seeds
+    shown = [f"{s['accuracy']:.2f}" + ("" if s["status"] == "full" else " (partial)") if "error" not in s
+             else f"not evaluated ({s['error']})" for s in every]
+    text = "seeds " + " / ".join(str(s["seed"]) for s in every) + ": " + " / ".join(shown)
+    full = [s["accuracy"] for s in every if "error" not in s and s["status"] == "full"]
+    if len(full) >= 2:
+        text += f"; over the {len(full)} full runs mean {statistics.mean(full):.2f}, std {statistics.stdev(full):.2f}"
+        if row.get("paper_accuracy") is not None:
+            inside = min(full) <= row["paper_accuracy"] <= max(full)
+            text += f", the paper's value {'inside' if inside else 'outside'} their range"
     return text
 
 

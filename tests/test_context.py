@@ -178,8 +178,23 @@ def test_a_context_model_initialised_as_its_base_starts_as_the_base_network_what
         np.testing.assert_allclose(model.apply(p, x).numpy(), expected, rtol=1e-5, atol=1e-6)
         z_rows = p[first].numpy()[..., d:, :]
         assert z_rows.shape[-2] == z_dim and abs(z_rows.std() / base_std - 1) < 0.15, (z_dim, z_rows.std(), base_std)
+        # drawn on their own: not the base kernel's numbers again
+        assert np.intersect1d(z_rows.ravel(), own[first].numpy().ravel()).size == 0
         widened = context.context(base, z_dim, **dims).init(5)[first].numpy()[..., :d, :]
         if base["kind"] != "mlp" and z_dim == 64:  # (the MLP's truncated normal does not depend on its fans)
             assert widened.std() < 0.97 * base_std
     with pytest.raises(ValueError, match="model.init"):
         context.context(base, 2, init="narrow", **dims)
+
+
+def test_a_run_saved_before_model_init_existed_resumes_as_widened_and_refuses_base(tmp_path):
+    import yaml
+    from maml_tf import runs
+    from maml_tf.runs import TrainingError
+    from reproduce import common
+    saved = common.load("omniglot/conv_5w1s_context").to_dict()
+    saved["model"].pop("init", None)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert runs.check_resume(tmp_path, common.load("omniglot/conv_5w1s_context", sets=["model.init=widened"])) == {}
+    with pytest.raises(TrainingError, match="model.init"):
+        runs.check_resume(tmp_path, common.load("omniglot/conv_5w1s_context", sets=["model.init=base"]))

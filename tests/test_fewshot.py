@@ -142,6 +142,11 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     runs = [campaign.Run("omniglot/mlp_5w5s", ("table1", "omniglot_5w5s_mlp"), s) for s in (None, 3, 4)]
     reported = campaign._reported(tmp_path, runs)
     assert reported == {runs[0].name: 40, runs[1].name: 40}
+    # a report counts a seed run as evaluated only where table1.json lists it: seed 4's directory
+    # appears after the evaluation, so the next campaign evaluates it
+    import shutil
+    shutil.copytree(tmp_path / "omniglot_5w5s" / "mlp_seed3", tmp_path / "omniglot_5w5s" / "mlp_seed4")
+    assert campaign.evaluated(runs, tmp_path, "reproduce.table1") == {runs[0].name: 40, runs[1].name: 40}
     # the meta-validation curve that table1 reports beside a falling test curve is the one that
     # picked the checkpoint: at the protocol's step it is the best logged meta-validation accuracy
     from reproduce import common
@@ -166,7 +171,14 @@ def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
     text = table1.step_trend(row, cfg)
     assert "falls after test step 1: 97.26 / 96.35 / 95.73" in text and "inside our interval after step 1" in text
     assert table1.step_trend({**row, "accuracy_by_step": [20.1, 95.9, 95.8, 95.73]}, cfg) == ""  # within the CI
-    assert table1.seed_spread(row) == ""
-    row["other_seeds"] = [{"seed": 1, "accuracy": 97.0, "status": "full"}, {"seed": 2, "accuracy": 96.0, "status": "partial"}]
-    assert table1.seed_spread(row) == ("seeds 0 / 1 / 2: 95.73 / 97.00 / 96.00 (partial), mean 96.24, std 0.67; "
-                                       "the paper's value is outside the seeds' range")
+    # only before the headline step: with report_step 2 the fall after step 1 is 0.91 > CI 0.71
+    early = common.load("omniglot/mlp_5w5s", sets=["eval.report_step=1"])
+    assert table1.step_trend(row, early) == ""  # nothing before step 1 to fall from
+    row["other_seeds"] = [{"seed": 1, "accuracy": 97.0, "status": "full"}, {"seed": 2, "accuracy": 96.0, "status": "partial"},
+                          {"seed": 3, "error": "TrainingError: no checkpoint"}]
+    # a partial run is listed but not in the statistics, which need two full runs
+    assert table1.seed_spread(row) == ("seeds 0 / 1 / 2 / 3: 95.73 / 97.00 / 96.00 (partial) / not evaluated "
+                                       "(TrainingError: no checkpoint); over the 2 full runs mean 96.37, std 0.90, "
+                                       "the paper's value outside their range")
+    row["other_seeds"][0]["status"] = "partial"
+    assert "mean" not in table1.seed_spread(row)
