@@ -251,6 +251,13 @@ def input_weight_std(config: str, z_dim: int, sets=()) -> float:
     return float(w[..., :w.shape[-2] - z_dim, :].std())
 
 
+# which configs take their z_dim from which pilot setting (tests/test_committed.py checks them
+# against results/appendix/context_pilot.json)
+PILOT_DECIDES = {"omniglot_5w1s": ("omniglot/conv_5w1s_context", "omniglot/conv_5w5s_context"),
+                 "point": ("rl/point/context",),
+                 "cheetah_dir_base": ("rl/cheetah_dir/context",)}
+
+
 def context_pilot(args) -> int:
     """The context vector's size per setting, from the pilot runs of the campaign queue."""
     from reproduce import campaign
@@ -286,7 +293,12 @@ def context_pilot(args) -> int:
         if len(scored) >= 2:
             best = max(scored, key=scored.get)
             edge = " (the largest size tried: a larger one may be better still)" if best == max(map(int, v["candidates"])) else ""
-            lines.append(f"- {setting}: so far z_dim = {best} scores best of {sorted(scored)}{edge}.")
+            decides = PILOT_DECIDES.get(setting)
+            role = (f" It sets the z_dim of {', '.join(decides)}." if decides else
+                    " It sets no config's z_dim: superseded by the pilots of the same setting with model.init base.")
+            spread = max(scored.values()) - min(scored.values())
+            lines.append(f"- {setting}: so far z_dim = {best} scores best of {sorted(scored)}{edge}; all sizes "
+                         f"within {spread:.1f} of each other.{role}")
     scales, based = [], []
     for setting, v in settings.items():
         zs = sorted(map(int, v["candidates"]))

@@ -37,3 +37,20 @@ def test_a_committed_checkpoint_restores(run_dir):
         assert int(best.step.numpy()) == step  # the best parameters, the run's own progress
     for k, v in learner.params.items():
         assert np.all(np.isfinite(v.numpy())), k
+
+
+def test_each_context_config_has_the_z_dim_its_pilots_chose_or_waits_for_them():
+    """A context run trains with the z_dim that its pilots chose (results/appendix/context_pilot.json);
+    while they have not chosen, the campaign holds the run."""
+    import json
+    from reproduce import appendix, campaign, common
+    pilots = json.loads((ROOT / "results" / "appendix" / "context_pilot.json").read_text())["settings"]
+    for setting, configs in appendix.PILOT_DECIDES.items():
+        chosen = pilots.get(setting, {}).get("chosen_z_dim")
+        for name in configs:
+            runs = [r for r in campaign.QUEUE if r.config == name and not r.dir]
+            assert runs, name
+            if chosen is None:
+                assert all(r.hold for r in runs), name
+            else:
+                assert common.load(name).model["z_dim"] == chosen and not any(r.hold for r in runs), name
