@@ -79,8 +79,9 @@ class Run:
     def run_dir(self, results: Path) -> Path:
         if self.dir:
             return results / self.dir
-        raw = self.raw()
-        method = raw.get("method", "maml") + (f"_seed{self.seed}" if self.seed is not None else "")
+        raw = self.raw()  # (a seed the config's file already sets is its own run: no suffix, as common.run_dir)
+        other = self.seed is not None and self.seed != raw.get("seed", 0)
+        method = raw.get("method", "maml") + (f"_seed{self.seed}" if other else "")
         return results / raw["experiment"] / method
 
     def command(self, python: str, results: Path) -> list[str]:

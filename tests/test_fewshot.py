@@ -140,6 +140,7 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     assert "seeds 0 / 3: " in row["note"] and "(partial)" in row["note"]
     # the campaign counts the seed run's evaluation as its own (not the seed-0 row's)
     runs = [campaign.Run("omniglot/mlp_5w5s", ("table1", "omniglot_5w5s_mlp"), s) for s in (None, 3, 4)]
+    assert campaign.Run("omniglot/mlp_5w5s", (), 0).run_dir(tmp_path) == runs[0].run_dir(tmp_path)  # its file's seed
     reported = campaign._reported(tmp_path, runs)
     assert reported == {runs[0].name: 40, runs[1].name: 40}
     # a report counts a seed run as evaluated only where table1.json lists it: seed 4's directory
