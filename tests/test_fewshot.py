@@ -137,6 +137,7 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     assert row["seed"] == 0 and other["seed"] == 3 and other["iterations"] == row["iterations"] == 40
     assert other["accuracy"] != row["accuracy"]  # its own checkpoint: another initialisation
     assert len(other["accuracy_by_step"]) == len(other["ci95_by_step"]) == 4
+    assert row["paired_ci95_by_step"][3] == 0 and row["paired_ci95_by_step"][0] > 0  # each step against step 3
     assert "seeds 0 / 3: " in row["note"] and "(partial)" in row["note"]
     # the campaign counts the seed run's evaluation as its own (not the seed-0 row's)
     runs = [campaign.Run("omniglot/mlp_5w5s", ("table1", "omniglot_5w5s_mlp"), s) for s in (None, 3, 4)]
@@ -171,7 +172,11 @@ def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
            "status": "full"}
     text = table1.step_trend(row, cfg)
     assert "falls after test step 1: 97.26 / 96.35 / 95.73" in text and "inside our interval after step 1" in text
+    assert "a fall of 1.53 ± 0.71)" in text  # a row without paired CIs: the headline's
     assert table1.step_trend({**row, "accuracy_by_step": [20.1, 95.9, 95.8, 95.73]}, cfg) == ""  # within the CI
+    # with the paired CI of each step against the headline (same tasks), a smaller fall is a finding
+    paired = {**row, "accuracy_by_step": [20.1, 96.3, 95.9, 95.73], "paired_ci95_by_step": [0.9, 0.3, 0.2, 0.0]}
+    assert "a fall of 0.57 ± 0.30, paired over the tasks" in table1.step_trend(paired, cfg)
     # only before the headline step: with report_step 2 the fall after step 1 is 0.91 > CI 0.71
     early = common.load("omniglot/mlp_5w5s", sets=["eval.report_step=1"])
     assert table1.step_trend(row, early) == ""  # nothing before step 1 to fall from
