@@ -253,7 +253,7 @@ def input_weight_std(config: str, z_dim: int, sets=()) -> float:
 
 # which configs take their z_dim from which pilot setting (tests/test_committed.py checks them
 # against results/appendix/context_pilot.json)
-PILOT_DECIDES = {"omniglot_5w1s": ("omniglot/conv_5w1s_context", "omniglot/conv_5w5s_context"),
+PILOT_DECIDES = {"omniglot_5w1s_base": ("omniglot/conv_5w1s_context", "omniglot/conv_5w5s_context"),
                  "point": ("rl/point/context",),
                  "cheetah_dir_base": ("rl/cheetah_dir/context",)}
 

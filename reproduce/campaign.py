@@ -110,6 +110,8 @@ MINIIMAGENET = (("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv", 15000),
                 ("miniimagenet/conv_5w1s_first_order", "miniimagenet_5w1s_conv_first_order", 5000),
                 ("miniimagenet/conv_5w5s", "miniimagenet_5w5s_conv", 5000),
                 ("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order", 5000))
+OMNIGLOT_CONTEXT_HOLD = ("z_dim is set from the omniglot_5w1s_base pilot runs above "
+                         "(results/appendix/context_pilot.md) before this run starts")
 
 # Cheapest value first (README, "The campaign"): the small Omniglot cells finish in hours and
 # complete Table 1 rows; MiniImagenet's four cells follow the Omniglot 5-way ones (a first stage,
@@ -129,12 +131,15 @@ QUEUE: list[Run] = [
     *[Run(config, ("appendix", "context-pilot"), sets=(f"model.z_dim={z}",) + extra, iterations=it,
           dir=f"appendix/context_pilot/{name}_z{z}")
       for config, name, it, extra, zs in (
-          ("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000",), PILOT_Z),
+          ("omniglot/conv_5w1s_context", "omniglot_5w1s", 3000, ("train.val_every=1000", "model.init=widened"), PILOT_Z),
           ("rl/point/context", "point", 30, (), PILOT_Z),
           ("rl/cheetah_dir/context", "cheetah_dir", 20, ("model.init=widened",), PILOT_Z + (512,)),
           # the widened pilots' ranking followed the initial scale (monotone in z_dim): the same
           # sizes again, each starting as the MAML row's policy (model.init: base)
-          ("rl/cheetah_dir/context", "cheetah_dir_base", 20, ("model.init=base",), PILOT_Z + (512,)))
+          ("rl/cheetah_dir/context", "cheetah_dir_base", 20, ("model.init=base",), PILOT_Z + (512,)),
+          # so Omniglot's too, since its context runs start as the MAML row's network as well
+          ("omniglot/conv_5w1s_context", "omniglot_5w1s_base", 3000, ("train.val_every=1000", "model.init=base"),
+           PILOT_Z))
       for z in zs],
     _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
     # MLP 5-way 5-shot ended outside the paper's interval: two more seeds (about 1.5 core-hours
@@ -148,8 +153,8 @@ QUEUE: list[Run] = [
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
     Run("rl/point/context", ("rl", "point", "context")),   # z_dim 2, from its pilots
-    Run("omniglot/conv_5w1s_context", ("appendix", "context")),   # z_dim 8, from its pilots
-    Run("omniglot/conv_5w5s_context", ("appendix", "context")),
+    Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=OMNIGLOT_CONTEXT_HOLD),
+    Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=OMNIGLOT_CONTEXT_HOLD),
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context")),   # z_dim 512, init base, from its pilots
     # MiniImagenet's second stage after them: the context runs complete Appendix C's tables for
     # fewer core-hours (point 0.2, Omniglot about 5 each) than a MiniImagenet cell (about 45)
