@@ -110,8 +110,6 @@ MINIIMAGENET = (("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv", 15000),
                 ("miniimagenet/conv_5w1s_first_order", "miniimagenet_5w1s_conv_first_order", 5000),
                 ("miniimagenet/conv_5w5s", "miniimagenet_5w5s_conv", 5000),
                 ("miniimagenet/conv_5w5s_first_order", "miniimagenet_5w5s_conv_first_order", 5000))
-OMNIGLOT_CONTEXT_HOLD = ("z_dim is set from the omniglot_5w1s_base pilot runs above "
-                         "(results/appendix/context_pilot.md) before this run starts")
 
 # Cheapest value first (README, "The campaign"): the small Omniglot cells finish in hours and
 # complete Table 1 rows; MiniImagenet's four cells follow the Omniglot 5-way ones (a first stage,
@@ -153,8 +151,8 @@ QUEUE: list[Run] = [
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
     Run("rl/point/context", ("rl", "point", "context")),   # z_dim 2, from its pilots
-    Run("omniglot/conv_5w1s_context", ("appendix", "context"), hold=OMNIGLOT_CONTEXT_HOLD),
-    Run("omniglot/conv_5w5s_context", ("appendix", "context"), hold=OMNIGLOT_CONTEXT_HOLD),
+    Run("omniglot/conv_5w1s_context", ("appendix", "context")),   # z_dim 8, init base, from its pilots
+    Run("omniglot/conv_5w5s_context", ("appendix", "context")),
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context")),   # z_dim 512, init base, from its pilots
     # MiniImagenet's second stage after them: the context runs complete Appendix C's tables for
     # fewer core-hours (point 0.2, Omniglot about 5 each) than a MiniImagenet cell (about 45)
