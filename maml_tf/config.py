@@ -83,6 +83,11 @@ class Eval:
     batch: int = 50                  # test tasks adapted at once
     task: dict = field(default_factory=dict)   # overrides of the task section at test time
 
+    @property
+    def headline_step(self) -> int:
+        """The step whose metric is reported (and picks the checkpoint): report_step, else steps."""
+        return self.steps if self.report_step is None else self.report_step
+
 
 @dataclass
 class Config:

@@ -77,26 +77,26 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
     if base.get("kind") == "gaussian_mlp":
         base.update(obs_dim=obs_dim, act_dim=act_dim)
     spec, natural = _widened(base, z_dim)
-    inner = nets.build(spec)   # the network on the widened input: its parameters and their names
-    names = frozenset(inner.init(0))
-    folded = _folded(base, spec, natural)
+    inner = nets.build(spec)   # the network on the widened input
     plain = nets.build(base)
+    shapes = {k: v.shape for k, v in plain.init(0).items()}   # the base parameters' names and shapes
+    # the weights (matrices and kernels) that the folded net copies per task
+    folded = _folded(base, spec, natural, {k: s.rank for k, s in shapes.items() if s.rank >= 2})
     first, d = ("conv1", base["channels"]) if base["kind"] == "conv4" else \
         ("w1", base["sizes"][0] if base["kind"] == "mlp" else base["obs_dim"])
     scale = math.sqrt(_glorot_fans(spec) / _glorot_fans(base))  # the base layer's scale / the widened one's
 
     def init_params(seed: int) -> dict:
-        params = inner.init(seed)
-        if init == "base":
-            own = plain.init(seed)
-            # z's rows from a stream of their own: the widened kernel drawn with the same seed as
-            # the base one would repeat the base kernel's numbers in z's rows (conv4: channels are
-            # not the leading axis)
-            z_rows = inner.init(seed + Z_SEED_OFFSET)[first][..., d:, :] * scale
-            params = {**own, first: tf.concat([own[first], z_rows], axis=-2)}
-        return {**params, "z": tf.zeros([z_dim])}
+        if init == "widened":
+            return {**inner.init(seed), "z": tf.zeros([z_dim])}
+        own = plain.init(seed)
+        # z's rows from a stream of their own: the widened kernel drawn with the same seed as the
+        # base one would repeat the base kernel's numbers in z's rows (conv4: channels are not the
+        # leading axis)
+        z_rows = inner.init(seed + Z_SEED_OFFSET)[first][..., d:, :] * scale
+        return {**own, first: tf.concat([own[first], z_rows], axis=-2), "z": tf.zeros([z_dim])}
 
-    return inner._replace(init=init_params, apply=folded, frozen=names)
+    return inner._replace(init=init_params, apply=folded, frozen=frozenset(shapes))
 
 
 def _glorot_fans(spec: dict) -> int:
@@ -119,9 +119,6 @@ def _split_first_layer(w: tf.Tensor, z: tf.Tensor, d: int, base_rank: int):
     return w_x, tf.einsum(eq, w_z, tf.cast(z, w.dtype)), w_task, z_task
 
 
-KERNEL_RANKS = {"w5": 2, **{f"conv{i}": 4 for i in range(1, 5)}}  # conv4's weights, without a task axis
-
-
 def _one_copy_per_task(params: dict, n_tasks, ranks: dict) -> dict:
     """Each weight of `ranks` that is shared by the tasks broadcast to one copy per task (the
     gradient sums the copies). The same function, but a shared weight is an einsum whose first
@@ -135,7 +132,7 @@ def _one_copy_per_task(params: dict, n_tasks, ranks: dict) -> dict:
             if k in ranks and v.shape.rank == ranks[k] else v for k, v in params.items()}
 
 
-def _folded(base: dict, spec: dict, natural) -> callable:
+def _folded(base: dict, spec: dict, natural, weight_ranks: dict) -> callable:
     """apply(params, x) of the widened network on x concatenated with z, computed without building
     the concatenation (the same function; tests/test_context.py compares them in float64):
       * an MLP's first layer: [x, z] @ w1 + b1 = x @ w1[:D] + (b1 + z @ w1[D:]), z's part a
@@ -159,20 +156,18 @@ def _folded(base: dict, spec: dict, natural) -> callable:
             h = natural(x)
             rest = {**rest, "conv1": kernel}
             if base.get("impl", "batched") == "batched":
-                rest = _one_copy_per_task(rest, tf.shape(h)[0], KERNEL_RANKS)
+                rest = _one_copy_per_task(rest, tf.shape(h)[0], weight_ranks)
             return narrow.apply(rest, tf.concat([h, tf.ones_like(h[..., :1])], -1))
         return apply
 
     d = base["sizes"][0] if kind == "mlp" else base["obs_dim"]
     narrow = nets.build(base)
 
-    ranks = {k: 2 for k in narrow.init(0) if k.startswith("w")}
-
     def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
         rest = {k: v for k, v in params.items() if k != "z"}
         w_x, zb, _, _ = _split_first_layer(params["w1"], params["z"], d, 2)
         rest = {**rest, "w1": w_x, "b1": params["b1"] + zb}
-        return narrow.apply(_one_copy_per_task(rest, tf.shape(x)[0], ranks), natural(x))
+        return narrow.apply(_one_copy_per_task(rest, tf.shape(x)[0], weight_ranks), natural(x))
     return apply
 
 

@@ -175,8 +175,7 @@ def batches(source, seed: int, start: int, stop: int, meta_batch: int, ahead: in
 def validate(learner: MetaLearner, cfg: Config) -> float:
     """Mean meta-validation metric with the test protocol (eval.task, eval.steps, the reported
     step), on `val_tasks` fixed tasks of the validation split."""
-    e = cfg.eval
-    return float(validation_by_step(learner, cfg)["mean"][e.steps if e.report_step is None else e.report_step])
+    return float(validation_by_step(learner, cfg)["mean"][cfg.eval.headline_step])
 
 
 def validation_by_step(learner: MetaLearner, cfg: Config) -> dict:

@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from maml_tf import records
+from reproduce import common
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "reproduce" / "configs"
@@ -79,10 +80,8 @@ class Run:
     def run_dir(self, results: Path) -> Path:
         if self.dir:
             return results / self.dir
-        raw = self.raw()  # (a seed the config's file already sets is its own run: no suffix, as common.run_dir)
-        other = self.seed is not None and self.seed != raw.get("seed", 0)
-        method = raw.get("method", "maml") + (f"_seed{self.seed}" if other else "")
-        return results / raw["experiment"] / method
+        raw = self.raw()
+        return results / raw["experiment"] / (raw.get("method", "maml") + common.seed_suffix(self.seed, raw.get("seed", 0)))
 
     def command(self, python: str, results: Path) -> list[str]:
         # a config name resolves in the worker's own checkout (the snapshot), a path as it is

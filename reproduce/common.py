@@ -17,10 +17,14 @@ RESULTS = ROOT / "results"
 def run_dir(cfg: config_lib.Config, results: Path = RESULTS, name: str | Path | None = None) -> Path:
     """RESULTS/<experiment>/<method>; with the config's `name`, a seed other than the one its file
     sets trains in <method>_seed<N> (as `make campaign` does), where `make table1` finds each seed."""
-    method = cfg.method
-    if name is not None and cfg.seed != load(name).seed:
-        method += f"_seed{cfg.seed}"
-    return results / cfg.experiment / method
+    suffix = seed_suffix(cfg.seed, load(name).seed) if name is not None else ""
+    return results / cfg.experiment / (cfg.method + suffix)
+
+
+def seed_suffix(seed: int | None, file_seed: int) -> str:
+    """The run directory's suffix for `seed`: none for the seed the config's file sets (or none
+    given), `_seed<N>` for another."""
+    return f"_seed{seed}" if seed is not None and seed != file_seed else ""
 
 
 def load(name: str | Path, iterations: int | None = None, sets: list[str] = ()) -> config_lib.Config:

@@ -75,7 +75,8 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
-    row.update(evaluate_run(cfg, run_dir, test_source), commit=records.commit(), seed=cfg.seed,
+    best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
+    row.update(evaluate_run(best, best_step, cfg, run_dir, test_source), commit=records.commit(), seed=cfg.seed,
                machine=records.machine(), eval_seed=cfg.eval.seed, eval_tasks=cfg.eval.tasks,
                test_steps=cfg.eval.steps)
     done = row["iterations"]
@@ -95,7 +96,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         notes.append(validation_trend(run_dir))
     trend = step_trend(row, cfg)
     if trend and cfg.train.val_tasks:  # the same curve on meta-validation tasks: not a test-set accident
-        row["val_accuracy_by_step"] = validation_by_step(cfg, run_dir)
+        row["val_accuracy_by_step"] = validation_by_step(best, cfg)
         trend += (f"; on {cfg.train.val_tasks} meta-validation tasks: " +
                   " / ".join(f"{a:.2f}" for a in row["val_accuracy_by_step"][1:]))
     notes += [trend, seed_spread(row)]
@@ -103,16 +104,15 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     return row
 
 
-def evaluate_run(cfg, run_dir, test_source) -> dict:
-    """One run's checkpoint picked by meta-validation (the latest before the first validation),
-    evaluated on the config's fixed test tasks: accuracy % and 95% CI after each test step."""
+def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
+    """A run's learner `best` with the parameters meta-validation picked (at `best_step`; the latest
+    before the first validation), evaluated on the config's fixed test tasks: accuracy % and 95% CI
+    after each test step."""
     from maml_tf import evaluate, supervised
-    from maml_tf import train as train_lib
-    best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
     res = evaluate.evaluate(best.model, best.param_values(), test_source, best.loss_fn, best.metric_fn,
                             cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
                             seed=cfg.eval.seed, batch=cfg.eval.batch)
-    step = cfg.eval.steps if cfg.eval.report_step is None else cfg.eval.report_step
+    step = cfg.eval.headline_step
     done = int(best.step.numpy())
     paired = evaluate.ci95(res["per_task"] - res["per_task"][step])  # each step against the headline, task by task
     return {"accuracy": round(100 * float(res["mean"][step]), 2), "ci95": round(100 * float(res["ci95"][step]), 2),
@@ -125,11 +125,9 @@ def evaluate_run(cfg, run_dir, test_source) -> dict:
             "training_commits": runs.training_commits(run_dir)}
 
 
-def validation_by_step(cfg, run_dir) -> list[float]:
-    """Meta-validation accuracy % after 0..eval.steps of the checkpoint that table1 evaluates."""
+def validation_by_step(best, cfg) -> list[float]:
+    """Meta-validation accuracy % after 0..eval.steps of the learner that table1 evaluates."""
     from maml_tf import supervised
-    from maml_tf import train as train_lib
-    best, _ = train_lib.restore(cfg, run_dir, "best")
     return [round(100 * float(a), 2) for a in supervised.validation_by_step(best, cfg)["mean"]]
 
 
@@ -146,11 +144,13 @@ def seed_dirs(run_dir) -> dict[int, object]:
 
 def other_seeds(cell: Cell, iterations: int | None, run_dir, test_source) -> list[dict]:
     """The cell's runs with other seeds, each evaluated as the main run (same test tasks)."""
+    from maml_tf import train as train_lib
     rows = []
     for seed, d in seed_dirs(run_dir).items():
         cfg = common.load(cell.config, iterations, [f"seed={seed}"])
         try:
-            rows.append({"seed": seed, **evaluate_run(cfg, d, test_source)})
+            best, best_step = train_lib.restore(cfg, d, "best")
+            rows.append({"seed": seed, **evaluate_run(best, best_step, cfg, d, test_source)})
         except Exception as e:  # one broken seed directory must not stop the table (nor the others)
             rows.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
     return rows
@@ -161,7 +161,7 @@ def step_trend(row: dict, cfg) -> str:
     protocol): a model trained with fewer inner steps can do best earlier. Reported, never used to
     pick the headline number (these are meta-test tasks)."""
     acc, ci = row.get("accuracy_by_step") or [], row.get("ci95_by_step") or []
-    headline = cfg.eval.steps if cfg.eval.report_step is None else cfg.eval.report_step
+    headline = cfg.eval.headline_step
     if len(acc) <= headline or headline < 2:
         return ""
     peak = max(range(1, headline), key=lambda k: acc[k])
