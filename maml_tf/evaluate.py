@@ -38,6 +38,41 @@ def ci95(per_task: np.ndarray) -> np.ndarray:
     return 1.96 * per_task.std(axis=-1) / np.sqrt(n) if n > 1 else np.zeros(per_task.shape[:-1])
 
 
+# two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; beyond, a Cornish-Fisher
+# expansion about the normal quantile (within 2e-3 at 10 degrees of freedom, exact as df grows)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        raise ValueError(f"t975 needs at least 1 degree of freedom, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def against_seeds(seed_means, test_ci95: float, other: float, other_ci95: float,
+                  test_tasks: int = 600) -> tuple[float, float, int]:
+    """How far a published number `other` (95% CI `other_ci95` from its own `test_tasks` test tasks)
+    lies from the mean of our runs with different seeds (`seed_means`, n >= 2, all on the same test
+    tasks, each with about the test CI `test_ci95`), and the 95% half-width that seed variance and
+    both test samples allow: the published run is one more seed, on other tasks. The variance of
+    the difference is s^2 (1 + 1/n) (a new seed against our mean of n: n - 1 degrees of freedom)
+    plus each test sample's (our seeds share one, so it does not average out; test_tasks - 1 degrees
+    of freedom each), with Student's t at the Welch-Satterthwaite degrees of freedom, rounded down.
+    Returns (other - mean, half-width, degrees of freedom)."""
+    x = np.asarray(seed_means, dtype=np.float64)
+    n = len(x)
+    if n < 2:
+        raise ValueError("against_seeds needs the results of at least two seeds")
+    parts = [(x.var(ddof=1) * (1 + 1 / n), n - 1), ((test_ci95 / 1.96) ** 2, test_tasks - 1),
+             ((other_ci95 / 1.96) ** 2, test_tasks - 1)]
+    var = sum(v for v, _ in parts)
+    df = max(1, int(var ** 2 / sum(v ** 2 / d for v, d in parts))) if var > 0 else n - 1
+    return float(other - x.mean()), float(t975(df) * np.sqrt(var)), df
+
+
 def summarize(per_task: np.ndarray) -> dict:
     """per_task [steps + 1, n] -> mean and 95% CI half-width per step."""
     return {"mean": per_task.mean(axis=1), "ci95": ci95(per_task), "per_task": per_task}

@@ -183,7 +183,8 @@ def step_trend(row: dict, cfg) -> str:
 def seed_spread(row: dict) -> str:
     """With runs of other seeds: each seed's accuracy (partial runs labelled), and over the runs
     at the full budget, when there are two or more, their mean and standard deviation and whether
-    the paper's value lies inside their range."""
+    the paper's value differs from their mean by more than seed variance and the two test samples
+    allow (`evaluate.against_seeds`)."""
     seeds = row.get("other_seeds") or []
     if not seeds:
         return ""
@@ -196,8 +197,13 @@ def seed_spread(row: dict) -> str:
     if len(full) >= 2:
         text += f"; over the {len(full)} full runs mean {statistics.mean(full):.2f}, std {statistics.stdev(full):.2f}"
         if row.get("paper_accuracy") is not None:
-            inside = min(full) <= row["paper_accuracy"] <= max(full)
-            text += f", the paper's value {'inside' if inside else 'outside'} their range"
+            from maml_tf import evaluate
+            diff, half, df = evaluate.against_seeds(full, row["ci95"], row["paper_accuracy"], row.get("paper_ci95") or 0.0,
+                                                    row.get("eval_tasks") or 600)
+            text += (f"; the paper's value {abs(diff):.2f} {'above' if diff > 0 else 'below'} their mean, "
+                     f"{'within' if abs(diff) <= half else 'beyond'} the {half:.2f} that seed variance and the two "
+                     f"test samples allow (95%, t with {df} df): "
+                     + ("seed variance can explain it" if abs(diff) <= half else "not seed variance"))
     return text
 
 
