@@ -124,6 +124,7 @@ SETTINGS = {
     "sinusoid_first_order": ("sinusoid/maml", {"train.first_order": True}),
     "omniglot_5w1s_conv_second_order": ("omniglot/conv_5w1s", {}),
     "omniglot_5w1s_conv_first_order": ("omniglot/conv_5w1s", {"train.first_order": True}),
+    "omniglot_5w5s_conv_second_order": ("omniglot/conv_5w5s", {}),
     "omniglot_20w1s_conv_second_order": ("omniglot/conv_20w1s", {}),
     "omniglot_20w5s_conv_second_order": ("omniglot/conv_20w5s", {}),
     "miniimagenet_5w1s_second_order": ("miniimagenet/conv_5w1s", {}),
