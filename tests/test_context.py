@@ -52,6 +52,9 @@ def test_context_is_concatenated_channel_wise_over_every_pixel():
 @pytest.mark.parametrize("base", [
     {"kind": "conv4", "n_out": 3, "channels": 2, "filters": 5, "image_size": 12, "max_pool": False},
     {"kind": "conv4", "n_out": 3, "channels": 3, "filters": 4, "image_size": 16, "max_pool": True},
+    # the per-task network (TF's own kernels, no XLA: the Omniglot context configs) against the
+    # batched widened reference
+    {"kind": "conv4", "n_out": 3, "channels": 2, "filters": 5, "image_size": 12, "max_pool": False, "impl": "per_task"},
     {"kind": "mlp", "sizes": [2, 8, 8, 1]},
     {"kind": "gaussian_mlp", "hidden": [8, 8]}])
 def test_the_folded_context_is_the_network_on_the_concatenated_input_in_float64(base):
@@ -63,7 +66,7 @@ def test_the_folded_context_is_the_network_on_the_concatenated_input_in_float64(
     model = context.context(base, z_dim, obs_dim=3, act_dim=2)
     spec, natural = context._widened({**base, "obs_dim": 3, "act_dim": 2} if base["kind"] == "gaussian_mlp"
                                      else base, z_dim)
-    wide = nets.build(spec)
+    wide = nets.build({k: v for k, v in spec.items() if k != "impl"})  # the batched form
     reference = lambda p, x: wide.apply({k: v for k, v in p.items() if k != "z"},
                                         context.concat_context(natural(x), p["z"]))
     rng = np.random.default_rng(1)
