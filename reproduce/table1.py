@@ -70,8 +70,9 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     has_checkpoint = (run_dir / "checkpoints" / "checkpoint").exists()
     if eval_only and not has_checkpoint:
         where = run_dir.relative_to(results.parent) if run_dir.is_relative_to(results.parent) else run_dir
-        row["note"] = (f"no checkpoint in {where}: train it with `make table1 TRAIN=1 TABLE1_ARGS=--cells "
-                       f"{cell.name}` or `make campaign`")
+        how = (f"make table1 TRAIN=1 TABLE1_ARGS=--cells {cell.name}" if cell.name in {c.name for c in CELLS}
+               else f"python -m reproduce.train {cell.config}")  # (Appendix C's context cells)
+        row["note"] = f"no checkpoint in {where}: train it with `{how}` or `make campaign`"
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)

@@ -132,6 +132,13 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     build = tasks.build
     monkeypatch.setattr(tasks, "build", lambda spec, split="train": build({**spec, "path": str(omniglot_npz)}, split))
     assert table1.main(["--eval-only", "--cells", "omniglot_5w5s_mlp", "--results", str(tmp_path), "--quiet"]) == 0
+    # a cell without a checkpoint says how to train it: a table1 cell by its name, Appendix C's
+    # context cells (not table1 cells) by their config
+    for cell, how in ((table1.CELLS[0], f"--cells {table1.CELLS[0].name}`"),
+                      (table1.Cell("omniglot", 5, 1, "conv_context", "second", "omniglot/conv_5w1s_context", 94.9, 0.9),
+                       "`python -m reproduce.train omniglot/conv_5w1s_context`")):
+        note = table1.run_cell(cell, None, True, tmp_path / "empty", True)["note"]
+        assert note.startswith("no checkpoint in") and how in note, note
     row = next(r for r in json.loads((tmp_path / "table1.json").read_text()) if r["config"] == "omniglot/mlp_5w5s")
     (other,) = row["other_seeds"]
     assert row["seed"] == 0 and other["seed"] == 3 and other["iterations"] == row["iterations"] == 40
