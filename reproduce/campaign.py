@@ -51,7 +51,8 @@ ONE_CORE_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1
 class Run:
     """One training run of the queue: a config (under reproduce/configs, or a path), an optional
     seed other than the config's (its run directory gets a `_seed<N>` suffix), and the report that
-    evaluates it: ("table1", cell name), ("rl", env, method), or () for none yet."""
+    evaluates it: ("table1", cell name), ("rl", env, method), ("appendix", table), ("sinusoid",),
+    or () for none yet."""
     config: str
     report: tuple = ()
     seed: int | None = None
@@ -160,9 +161,11 @@ QUEUE: list[Run] = [
     *_rl("ant_vel"),
     *_rl("ant_dir"),
     _cell("omniglot/conv_20w5s", "omniglot_20w5s_conv"),
-    *[Run(c, (), seed) for seed in (1, 2) for c in ("sinusoid/maml", "sinusoid/pretrained")],
-    *[Run("omniglot/conv_5w1s", (), seed) for seed in (1, 2)],
-    *[Run("rl/point/maml", (), seed) for seed in (2, 3)],  # the config's own seed is 1
+    # (each report evaluates a setting's seed runs beside its own run: results/sinusoid/table.md,
+    # results/table1.md, results/rl/table.md)
+    *[Run(c, ("sinusoid",), seed) for seed in (1, 2) for c in ("sinusoid/maml", "sinusoid/pretrained")],
+    *[Run("omniglot/conv_5w1s", ("table1", "omniglot_5w1s_conv"), seed) for seed in (1, 2)],
+    *[Run("rl/point/maml", ("rl", "point", "maml"), seed) for seed in (2, 3)],  # the config's own seed is 1
 ]
 
 
@@ -413,7 +416,11 @@ class Campaign:
             jobs.append((["reproduce.table1", "--eval-only", "--cells", ",".join(r.report[1] for r in cells)], cells))
         for env in dict.fromkeys(r.report[1] for r in moved if r.report[0] == "rl"):
             runs = [r for r in moved if r.report[0] == "rl" and r.report[1] == env]
-            jobs.append((["reproduce.rl", env, "--eval-only", "--methods", *[r.report[2] for r in runs]], runs))
+            jobs.append((["reproduce.rl", env, "--eval-only", "--methods", *dict.fromkeys(r.report[2] for r in runs)],
+                         runs))
+        sinusoid = [r for r in moved if r.report[0] == "sinusoid"]
+        if sinusoid:  # (its seed runs: the report evaluates every method and every seed)
+            jobs.append((["reproduce.sinusoid", "--eval-only"], sinusoid))
         appendix: dict[str, list] = {}
         for r in moved:
             if r.report[0] == "appendix":
@@ -434,22 +441,40 @@ class Campaign:
                 self.log(f"campaign: the report ended with {rc}; the next campaign runs it again")
                 continue
             reported = _reported(self.results, self.queue)
-            reported.update(evaluated(runs, self.results, args[0]))
+            reported.update(evaluated(runs, self.results))
             records.write_json(self.results / "campaign.json", {"reported_iterations": dict(sorted(reported.items()))})
 
 
-def evaluated(runs: list[Run], results: Path, report: str) -> dict:
+def evaluated(runs: list[Run], results: Path) -> dict:
     """{run name: iterations} of the runs a successful report evaluated: all it was given, except
-    that a seed run of a Table 1 cell counts only where results/table1.json lists that seed at its
-    iterations (table1 evaluates seeds beside the cell's own run, and skips them when that run
-    cannot be evaluated)."""
-    listed = _table1_iterations(results) if report == "reproduce.table1" else {}
+    that a run with another seed counts only where its report's results list that seed at its
+    iterations (the reports evaluate seeds beside the config's own run, and skip them when that
+    run cannot be evaluated)."""
     out = {}
     for r in runs:
         done = done_iterations(r.run_dir(results))
-        if r.seed is None or report != "reproduce.table1" or listed.get((r.config, r.seed)) == done:
+        if r.seed is None or _seed_iterations(results, r) == done:
             out[r.name] = done
     return out
+
+
+def _seed_iterations(results: Path, run: Run) -> int | None:
+    """The iterations at which the results of `run`'s report list that seed run (None: not
+    listed): results/table1.json, results/rl/<env>.json or results/sinusoid/summary.json."""
+    kind = run.report[:1]
+    if kind == ("table1",):
+        return _table1_iterations(results).get((run.config, run.seed))
+    if kind == ("rl",):
+        path, method = results / "rl" / f"{run.report[1]}.json", run.report[2]
+    elif kind == ("sinusoid",):
+        path, method = results / "sinusoid" / "summary.json", Path(run.config).name
+    else:
+        return None
+    try:
+        rows = json.loads(path.read_text())["seeds"][method]
+        return next((r.get("iterations") for r in rows if r.get("seed") == run.seed and "error" not in r), None)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _table1_iterations(results: Path) -> dict:
@@ -471,7 +496,10 @@ def _reported(results: Path, queue: list[Run] | None = None) -> dict:
     out = {}
     t1 = _table1_iterations(results)
     for run in queue or QUEUE:
-        if run.report[:1] == ("table1",) and (run.config, run.seed) in t1:
+        if run.seed is not None and run.report[:1] in (("rl",), ("sinusoid",)):
+            if (done := _seed_iterations(results, run)) is not None:
+                out[run.name] = done
+        elif run.report[:1] == ("table1",) and (run.config, run.seed) in t1:
             out[run.name] = t1[run.config, run.seed]
         elif run.report[:1] == ("rl",):
             try:

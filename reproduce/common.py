@@ -27,6 +27,56 @@ def seed_suffix(seed: int | None, file_seed: int) -> str:
     return f"_seed{seed}" if seed is not None and seed != file_seed else ""
 
 
+def seed_dirs(run_dir: Path) -> dict[int, Path]:
+    """{seed: run directory} of the runs with other seeds beside `run_dir`: `<method>_seed<N>`
+    (where `make campaign` trains them), each with a checkpoint."""
+    out = {}
+    for d in run_dir.parent.glob(f"{run_dir.name}_seed*"):
+        n = d.name[len(run_dir.name) + len("_seed"):]
+        if n.isdigit() and (d / "checkpoints" / "checkpoint").exists():
+            out[int(n)] = d
+    return dict(sorted(out.items()))
+
+
+def seed_lines(method: str, every: list[dict], columns: list, paper: list | None = None,
+               test_ci95: list | None = None, test_tasks: int = 600, fmt=lambda v: f"{v:.2f}") -> tuple[list[str], str]:
+    """A method's runs with different seeds as markdown rows (`| method | seed | iterations |
+    value per column |`), then the mean ± std over those at the full budget when there are two or
+    more, and a finding: at which columns the paper's values (no CI given) lie within what seed
+    variance and the test sample allow around that mean (`evaluate.against_seeds`, with each
+    column's test CI `test_ci95`). `every`: {"seed", "status", "iterations", "values"} per run, or
+    {"seed", "error"} for one that could not be evaluated."""
+    rows = []
+    for r in every:
+        if "error" in r:
+            rows.append(f"| {method} | {r['seed']} | not evaluated: {r['error']} |" + " |" * len(columns))
+            continue
+        label = str(r["iterations"]) + ("" if r["status"] == "full" else ", PARTIAL")
+        rows.append(f"| {method} | {r['seed']} | {label} | " + " | ".join(fmt(v) for v in r["values"]) + " |")
+    full = [r["values"] for r in every if "error" not in r and r["status"] == "full"]
+    if len(full) < 2:
+        return rows, ""
+    import numpy as np
+    x = np.asarray(full, dtype=np.float64)
+    mean, std = x.mean(0), x.std(0, ddof=1)
+    rows.append(f"| {method} | mean ± std of {len(full)} full runs | | " +
+                " | ".join(f"{fmt(m)} ± {fmt(s)}" for m, s in zip(mean, std)) + " |")
+    if not paper or test_ci95 is None:
+        return rows, ""
+    from maml_tf import evaluate
+    parts = []
+    for j, (col, p) in enumerate(zip(columns, paper)):
+        if p is None:
+            continue
+        diff, half, df = evaluate.against_seeds(x[:, j], test_ci95[j], p, 0.0, test_tasks)
+        parts.append(f"{col}: paper {fmt(p)}, ours {fmt(mean[j])} ± {fmt(half)} ({df} df), "
+                     + ("within" if abs(diff) <= half else "beyond"))
+    finding = (f"{method} over {len(full)} seeds at the full budget: where the paper's value lies against what "
+               "seed variance and the test sample allow around our mean (95%; the paper gives no CI): "
+               + "; ".join(parts) + ".")
+    return rows, finding
+
+
 def load(name: str | Path, iterations: int | None = None, sets: list[str] = ()) -> config_lib.Config:
     """Config `name` ('sinusoid/maml' or a path), with --iterations and --set overrides."""
     records.commit()  # pin the code commit as the process starts

@@ -79,6 +79,50 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
     return metrics, run
 
 
+def other_seeds(env: str, name: str, args) -> list[dict]:
+    """The method's runs with other seeds (`<method>_seed<N>` beside its run, as `make campaign`
+    trains them), each evaluated as the main run (the same test tasks and protocol)."""
+    from maml_tf import rl, train as train_lib
+    if name not in BASE_METHODS or name == "random":
+        return []
+    cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"
+    out = []
+    for seed, d in common.seed_dirs(common.run_dir(common.load(cfg_name), args.results)).items():
+        cfg = common.load(cfg_name, args.iterations, list(args.set) + [f"seed={seed}"])
+        try:
+            learner, evaluated = train_lib.restore(cfg, d, cfg.eval.checkpoint)
+            m = rl.evaluate_run(cfg, learner)
+            run = common.record(cfg, learner, common.paper_iterations(cfg_name), d)
+            out.append({"seed": seed, "status": run["status"], "iterations": run["iterations"],
+                        "evaluated_iteration": evaluated, "values": [float(v) for v in m["returns"]],
+                        "ci95": [float(v) for v in m["ci95"]],
+                        "training_commits": run["training_commits"], "wall_time_s": run["wall_time_s"]})
+        except (ConfigError, TrainingError, ValueError, OSError) as e:  # one broken directory: noted, not fatal
+            out.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
+    return out
+
+
+def seed_section(env: str, s: dict) -> tuple[list[str], list[str]]:
+    """Table rows and findings for the methods' runs with other seeds (none: nothing)."""
+    seeds = s.get("seeds") or {}
+    if not seeds:
+        return [], []
+    n_steps = max(len(r["values"]) for rows in seeds.values() for r in rows if "values" in r)
+    lines = ["", f"Seeds (each run on the same {s.get('eval_tasks', 40)} test tasks; the config's own seed first):", "",
+             "| method | seed | iterations | " + " | ".join(f"{k} steps" for k in range(n_steps)) + " |",
+             "|---|---|---|" + "---|" * n_steps]
+    found = []
+    for name, rows in seeds.items():
+        m, run = s["metrics"][name], s["runs"][name]
+        own = {"seed": run["seed"], "status": run["status"], "iterations": run["iterations"], "values": m["returns"]}
+        paper = list(PAPER[env][0]) + [None] * n_steps if name == "maml" else None
+        table_rows, finding = common.seed_lines(name, [own] + rows, [f"{k} steps" for k in range(n_steps)],
+                                                paper and paper[:n_steps], m["ci95"], s.get("eval_tasks", 40))
+        lines += table_rows
+        found += [finding] if finding else []
+    return lines, found
+
+
 def findings(env: str, metrics: dict, runs: dict) -> list[str]:
     out = []
     paper, oracle = PAPER[env]
@@ -152,6 +196,7 @@ def table(results_dir: Path, envs=ENVS) -> str:
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
         lines.append("| paper, MAML | | " + " | ".join(str(v) for v in paper) + " |" + " |" * (n_steps - 4))
         lines.append(f"| paper, oracle | | {oracle} |" + " |" * (n_steps - 1))
+        lines += seed_section(env, s)[0]
         lines += [""] + [f"- {f}" for f in s.get("findings", [])] + [""]
     return "\n".join(lines)
 
@@ -258,7 +303,7 @@ def report_only(args) -> int:
         print(f"error: {path} does not exist: run `python -m reproduce.rl {args.env}` first", file=sys.stderr)
         return 2
     summary = json.loads(path.read_text())
-    summary["findings"] = findings(args.env, summary["metrics"], summary["runs"])
+    summary["findings"] = findings(args.env, summary["metrics"], summary["runs"]) + seed_section(args.env, summary)[1]
     write_reports(out, path, summary, args.env)
     return 0
 
@@ -303,9 +348,11 @@ def _main(argv=None) -> int:
     path = out / f"{args.env}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     metrics, runs = dict(old.get("metrics", {})), dict(old.get("runs", {}))
+    seeds = dict(old.get("seeds", {}))
     try:
         for name in methods:
             metrics[name], runs[name] = run_method(args.env, name, args)
+            seeds[name] = other_seeds(args.env, name, args)
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -320,7 +367,10 @@ def _main(argv=None) -> int:
                "eval_tasks": main_run["config"]["eval"]["tasks"], "eval_seed": main_run["config"]["eval"]["seed"],
                "metrics": metrics, "runs": runs,
                "paper": {"maml": PAPER[args.env][0], "oracle": PAPER[args.env][1]}}
-    summary["findings"] = findings(args.env, metrics, runs)
+    seeds = {m: seeds[m] for m in order if seeds.get(m)}
+    if seeds:
+        summary["seeds"] = seeds
+    summary["findings"] = findings(args.env, metrics, runs) + seed_section(args.env, summary)[1]
     out.mkdir(parents=True, exist_ok=True)
     if records.same_results(path, summary) and (out / "table.md").exists():  # no result changed
         print(table(out, [args.env]))

@@ -46,9 +46,9 @@ def finetune_alpha(model, params, cfg, shots: int) -> tuple[float, dict]:
         return evaluate.tune_step_size(FINETUNE_GRID, score, higher_is_better=False)
 
 
-def evaluate_method(name: str, learner, cfg) -> dict:
+def evaluate_method(name: str, learner, cfg, shots=SHOTS) -> dict:
     out = {}
-    for k in SHOTS:
+    for k in shots:
         alpha, search = evaluate.step_size(cfg), None
         if name == "pretrained":
             alpha, search = finetune_alpha(learner.model, learner.param_values(), cfg, k)
@@ -64,6 +64,51 @@ def evaluate_method(name: str, learner, cfg) -> dict:
         if search:
             out[f"K{k}"]["alpha_search"] = {str(a): s for a, s in search.items()}
     return out
+
+
+SEED_METHODS = ("maml", "pretrained")  # the runs `make campaign` trains with more seeds
+SEED_STEPS = (1, 5, 10)                 # Table 2's columns
+
+
+def other_seeds(name: str, main_dir, iterations, sets) -> list[dict]:
+    """The method's runs with other seeds (`<method>_seed<N>` beside its run), each evaluated as
+    the main run on the same 5-shot test tasks (Table 2's columns; the pretrained model's
+    fine-tuning step searched again for its own parameters)."""
+    out = []
+    for seed, d in common.seed_dirs(main_dir).items():
+        cfg = common.load(METHODS[name], iterations, list(sets) + [f"seed={seed}"])
+        try:
+            learner, _ = train_lib.restore(cfg, d)
+            k5 = evaluate_method(name, learner, cfg, shots=(5,))["K5"]
+            run = common.record(cfg, learner, common.paper_iterations(METHODS[name]), d)
+            out.append({"seed": seed, "status": run["status"], "iterations": run["iterations"],
+                        "values": [k5["mse"][s] for s in SEED_STEPS], "ci95": [k5["ci95"][s] for s in SEED_STEPS],
+                        "alpha": k5["alpha"], "training_commits": run["training_commits"],
+                        "wall_time_s": run["wall_time_s"]})
+        except (ConfigError, TrainingError, ValueError, OSError) as e:  # one broken directory: noted, not fatal
+            out.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
+    return out
+
+
+def seed_section(summary) -> tuple[list[str], list[str]]:
+    """Table rows and findings for the methods' runs with other seeds (none: nothing)."""
+    seeds = summary.get("seeds") or {}
+    if not seeds:
+        return [], []
+    lines = ["", "## Seeds: 5-shot MSE after 1 / 5 / 10 steps", "",
+             "Each seed's run evaluated on the same 600 test tasks; the config's own seed first.", "",
+             "| method | seed | iterations | 1 step | 5 steps | 10 steps |", "|---|---|---|---|---|---|"]
+    found = []
+    for name, rows in seeds.items():
+        m, run = summary["metrics"][name]["K5"], summary["runs"][name]
+        own = {"seed": run["seed"], "status": run["status"], "iterations": run["iterations"],
+               "values": [m["mse"][s] for s in SEED_STEPS]}
+        table_rows, finding = common.seed_lines(name, [own] + rows, [f"{s} step{'s' * (s > 1)}" for s in SEED_STEPS],
+                                                [PAPER[name][s] for s in SEED_STEPS],
+                                                [m["ci95"][s] for s in SEED_STEPS], summary["eval_tasks"], _num)
+        lines += table_rows
+        found += [finding] if finding else []
+    return lines, found
 
 
 # ----------------------------------------------------------------------------- figures
@@ -178,6 +223,8 @@ def table(summary) -> str:
         for k in SHOTS:
             e = m[name][f"K{k}"]
             lines.append(f"| {name} | {k} | {e['alpha']} | " + " | ".join(_num(v) for v in e["mse"]) + " |")
+    seed_rows, _ = seed_section(summary)
+    lines += seed_rows
     lines += ["", "## Findings", ""] + [f"- {f}" for f in summary["findings"]] + [""]
     return "\n".join(lines)
 
@@ -249,6 +296,8 @@ def _main(argv=None) -> int:
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    seeds = {name: rows for name in SEED_METHODS
+             if (rows := other_seeds(name, common.run_dir(cfgs[name], args.results), args.iterations, sets))}
     main_run = runs["maml"]
     summary = {"experiment": "sinusoid", "config": main_run["config"], "commit": main_run["commit"],
                "iterations": main_run["iterations"], "paper_iterations": main_run["paper_iterations"],
@@ -256,7 +305,9 @@ def _main(argv=None) -> int:
                "machine": main_run["machine"], "written": records.now(), "eval_seed": cfgs["maml"].eval.seed,
                "eval_tasks": cfgs["maml"].eval.tasks, "metrics": metrics, "runs": runs,
                "paper": {"maml": {"K5": PAPER["maml"]}, "pretrained": {"K5": PAPER["pretrained"]}}}
-    summary["findings"] = findings(metrics, runs)
+    if seeds:
+        summary["seeds"] = seeds
+    summary["findings"] = findings(metrics, runs) + seed_section(summary)[1]
     out.mkdir(parents=True, exist_ok=True)
     # the figures are drawn every time (the same numbers draw the same bytes); the summary and
     # the table are rewritten only when a result changed

@@ -132,22 +132,11 @@ def validation_by_step(best, cfg) -> list[float]:
     return [round(100 * float(a), 2) for a in supervised.validation_by_step(best, cfg)["mean"]]
 
 
-def seed_dirs(run_dir) -> dict[int, object]:
-    """{seed: run directory} of the cell's runs with other seeds: `<method>_seed<N>` beside the
-    config's own run (where `make campaign` trains them), each with a checkpoint."""
-    out = {}
-    for d in run_dir.parent.glob(f"{run_dir.name}_seed*"):
-        n = d.name[len(run_dir.name) + len("_seed"):]
-        if n.isdigit() and (d / "checkpoints" / "checkpoint").exists():
-            out[int(n)] = d
-    return dict(sorted(out.items()))
-
-
 def other_seeds(cell: Cell, iterations: int | None, run_dir, test_source) -> list[dict]:
     """The cell's runs with other seeds, each evaluated as the main run (same test tasks)."""
     from maml_tf import train as train_lib
     rows = []
-    for seed, d in seed_dirs(run_dir).items():
+    for seed, d in common.seed_dirs(run_dir).items():
         cfg = common.load(cell.config, iterations, [f"seed={seed}"])
         try:
             best, best_step = train_lib.restore(cfg, d, "best")

@@ -132,3 +132,77 @@ def test_a_worker_stopped_from_outside_is_not_restarted_and_a_stop_signals_each_
     t.join(timeout=30)
     assert not t.is_alive()
     assert len(c.signalled) == 1
+
+
+def test_every_seed_run_in_the_queue_has_a_report_that_lists_it():
+    """A seed run trained and never evaluated would be compute spent on nothing that a table shows."""
+    for r in campaign.QUEUE:
+        if r.seed is not None:
+            assert r.report[:1] in (("table1",), ("rl",), ("sinusoid",)), r.name
+
+
+def test_sinusoid_seed_runs_are_evaluated_beside_the_main_run_and_the_campaign_sees_each(tmp_path):
+    import json
+    from reproduce import sinusoid
+    from reproduce import train as train_entry
+    common = ["--results", str(tmp_path), "--quiet"]
+    assert sinusoid.main(["--iterations", "30", *common]) == 0
+    assert "## Seeds" not in (tmp_path / "sinusoid" / "table.md").read_text()  # none yet: the table as before
+    assert train_entry.main(["sinusoid/maml", "--iterations", "30", "--set", "seed=1", *common]) == 0
+    assert (tmp_path / "sinusoid" / "maml_seed1" / "checkpoints" / "checkpoint").exists()
+    assert sinusoid.main(["--eval-only", "--iterations", "30", *common]) == 0
+    summary = json.loads((tmp_path / "sinusoid" / "summary.json").read_text())
+    (row,) = summary["seeds"]["maml"]
+    assert row["seed"] == 1 and row["iterations"] == 30 and row["status"] == "partial" and len(row["values"]) == 3
+    assert row["values"] != [summary["metrics"]["maml"]["K5"]["mse"][s] for s in (1, 5, 10)]  # its own parameters
+    assert "pretrained" not in summary["seeds"]
+    text = (tmp_path / "sinusoid" / "table.md").read_text()
+    assert "## Seeds: 5-shot MSE" in text and "| maml | 0 | 30, PARTIAL |" in text and "| maml | 1 | 30, PARTIAL |" in text
+    runs = [campaign.Run("sinusoid/maml", ("sinusoid",), s) for s in (1, 2)]
+    assert campaign.evaluated(runs, tmp_path) == {runs[0].name: 30}   # seed 2: no run, not listed
+    assert campaign._reported(tmp_path, runs) == {runs[0].name: 30}
+
+
+def test_seed_lines_give_each_seed_the_mean_of_full_runs_and_where_the_paper_lies():
+    from reproduce import common
+    every = [{"seed": 0, "status": "full", "iterations": 100, "values": [-40.0, -11.0]},
+             {"seed": 2, "status": "full", "iterations": 100, "values": [-36.0, -10.8]},
+             {"seed": 3, "status": "partial", "iterations": 50, "values": [-60.0, -30.0]},
+             {"seed": 4, "error": "TrainingError: no checkpoint"}]
+    rows, finding = common.seed_lines("maml", every, ["0 steps", "1 steps"], [-40.41, -5.0], [3.8, 0.1], 40)
+    assert rows[0] == "| maml | 0 | 100 | -40.00 | -11.00 |" and rows[2] == "| maml | 3 | 50, PARTIAL | -60.00 | -30.00 |"
+    assert rows[3].startswith("| maml | 4 | not evaluated: TrainingError")
+    assert rows[4] == "| maml | mean ± std of 2 full runs | | -38.00 ± 2.83 | -10.90 ± 0.14 |"  # the partial one left out
+    assert "0 steps: paper -40.41, ours -38.00 ±" in finding and finding.count("within") == 1
+    assert "1 steps: paper -5.00, ours -10.90 ±" in finding and "beyond" in finding
+    rows, finding = common.seed_lines("maml", every[2:], ["0 steps", "1 steps"], [-40.41, -5.0], [3.8, 0.1])
+    assert len(rows) == 2 and finding == ""  # no two full runs: no statistics
+
+
+def test_rl_seed_runs_are_evaluated_and_shown_beside_the_main_run(tmp_path):
+    import argparse
+    import json
+    from reproduce import rl as rl_repro
+    from reproduce import train as train_entry
+    small = ["train.meta_batch=2", "train.trajectories=2", "eval.tasks=2", "eval.trajectories=2", "eval.steps=1"]
+    sets = [a for s in small for a in ("--set", s)]
+    assert train_entry.main(["rl/point/maml", "--iterations", "1", "--set", "seed=2", *sets, "--threads", "1",
+                             "--results", str(tmp_path), "--quiet"]) == 0
+    args = argparse.Namespace(results=tmp_path, iterations=1, set=small)
+    (row,) = rl_repro.other_seeds("point", "maml", args)
+    assert row["seed"] == 2 and row["iterations"] == 1 and len(row["values"]) == len(row["ci95"]) == 2
+    assert rl_repro.other_seeds("point", "pretrained", args) == []
+    # the table: each seed's row under the environment's, then (two full runs) mean and finding
+    run = {"iterations": 100, "paper_iterations": 100, "status": "full", "wall_time_s": 1.0, "seed": 1}
+    metrics = {m: {"returns": [-40.0, -11.0, -3.0, -3.0, -3.0], "ci95": [3.8, 1.9, 0.2, 0.3, 0.4]}
+               for m in ("maml", "pretrained", "random", "oracle")}
+    summary = {"experiment": "rl/point", "commit": "abc", "written": "now", "metrics": metrics, "eval_tasks": 40,
+               "runs": {m: dict(run) for m in metrics},
+               "seeds": {"maml": [{**row, "status": "full", "iterations": 100, "values": [-36.0, -10.0, -3.2, -3.1, -3.0]}]}}
+    out = tmp_path / "rl"
+    (out / "point.json").write_text(json.dumps(summary))
+    text = rl_repro.table(out, ["point"])
+    assert "| maml | 1 | 100 | -40.00 | -11.00 |" in text and "| maml | 2 | 100 | -36.00 | -10.00 |" in text
+    assert "| maml | mean ± std of 2 full runs | | -38.00 ± 2.83 |" in text
+    found = rl_repro.seed_section("point", summary)[1]
+    assert len(found) == 1 and "0 steps: paper -40.41" in found[0] and "4 steps" not in found[0]

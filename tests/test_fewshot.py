@@ -155,7 +155,7 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     # appears after the evaluation, so the next campaign evaluates it
     import shutil
     shutil.copytree(tmp_path / "omniglot_5w5s" / "mlp_seed3", tmp_path / "omniglot_5w5s" / "mlp_seed4")
-    assert campaign.evaluated(runs, tmp_path, "reproduce.table1") == {runs[0].name: 40, runs[1].name: 40}
+    assert campaign.evaluated(runs, tmp_path) == {runs[0].name: 40, runs[1].name: 40}
     # the meta-validation curve that table1 reports beside a falling test curve is the one that
     # picked the checkpoint: at the protocol's step it is the best logged meta-validation accuracy
     from reproduce import common
