@@ -39,7 +39,7 @@ def ci95(per_task: np.ndarray) -> np.ndarray:
 
 
 # two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; beyond, a Cornish-Fisher
-# expansion about the normal quantile (within 2e-3 at 10 degrees of freedom, exact as df grows)
+# expansion about the normal quantile (within 2.1e-3 at 11 degrees of freedom, exact as df grows)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
@@ -52,24 +52,36 @@ def t975(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
-def against_seeds(seed_means, test_ci95: float, other: float, other_ci95: float,
-                  test_tasks: int = 600) -> tuple[float, float, int]:
-    """How far a published number `other` (95% CI `other_ci95` from its own `test_tasks` test tasks)
-    lies from the mean of our runs with different seeds (`seed_means`, n >= 2, all on the same test
-    tasks, each with about the test CI `test_ci95`), and the 95% half-width that seed variance and
-    both test samples allow: the published run is one more seed, on other tasks. The variance of
-    the difference is s^2 (1 + 1/n) (a new seed against our mean of n: n - 1 degrees of freedom)
-    plus each test sample's (our seeds share one, so it does not average out; test_tasks - 1 degrees
-    of freedom each), with Student's t at the Welch-Satterthwaite degrees of freedom, rounded down.
+def against_seeds(per_task, other: float, other_ci95: float | None = None) -> tuple[float, float, int]:
+    """How far a published number `other` lies from the mean of our runs with different seeds,
+    and the 95% half-width that seed variance and the test samples allow: the published run is
+    one more seed, evaluated on its own test tasks (95% CI `other_ci95`; when the paper gives
+    none, our runs' own test CI stands in for it: the same protocol and number of tasks).
+    `per_task` [n seeds >= 2, T tasks]: each run's metric on the same T test tasks.
+
+    With run i's result x_i = mu + a_i + e_i (a_i its seed's effect, variance s_a^2; e_i its error
+    on our test sample, variance s_t^2 = var over tasks / T, covariance c between two runs, since
+    one task is hard for every run) and the paper's y = mu + a + e' (e' from other tasks, variance
+    s_p^2): var(y - mean x) = s_a^2 (1 + 1/n) + s_p^2 + c + (s_t^2 - c) / n. The spread of our n
+    results, S^2 = var(x_i), estimates s_a^2 + s_t^2 - c; so the variance is estimated as
+    S^2 (1 + 1/n) + s_p^2 + 2 c - s_t^2, with s_t^2 and c from the per-task results (neither the
+    sum of all test variances, which counts the part of our test error already in S^2 twice, nor
+    S^2 alone, which misses the part our runs share). Student's t at the Welch-Satterthwaite
+    degrees of freedom (n - 1 for S^2, T - 1 for the test parts), rounded down.
     Returns (other - mean, half-width, degrees of freedom)."""
-    x = np.asarray(seed_means, dtype=np.float64)
-    n = len(x)
-    if n < 2:
-        raise ValueError("against_seeds needs the results of at least two seeds")
-    parts = [(x.var(ddof=1) * (1 + 1 / n), n - 1), ((test_ci95 / 1.96) ** 2, test_tasks - 1),
-             ((other_ci95 / 1.96) ** 2, test_tasks - 1)]
-    var = sum(v for v, _ in parts)
-    df = max(1, int(var ** 2 / sum(v ** 2 / d for v, d in parts))) if var > 0 else n - 1
+    x = np.asarray(per_task, dtype=np.float64)
+    n, t = x.shape
+    if n < 2 or t < 2:
+        raise ValueError(f"against_seeds needs at least two seeds on at least two tasks, got {x.shape}")
+    cov = np.cov(x) / t                          # [n, n]: the runs' test errors' (co)variances
+    s_t2 = float(np.mean(np.diag(cov)))
+    c = float((cov.sum() - np.trace(cov)) / (n * (n - 1)))
+    s_p2 = s_t2 if other_ci95 is None else (other_ci95 / 1.96) ** 2
+    seeds = float(x.mean(axis=1).var(ddof=1)) * (1 + 1 / n)
+    var = max(seeds + s_p2 + 2 * c - s_t2, s_p2)   # never below the paper's own test variance
+    test = var - seeds
+    parts = [(seeds, n - 1), (abs(test), t - 1)]
+    df = max(1, int(var ** 2 / sum(v ** 2 / d for v, d in parts if v > 0))) if var > 0 else n - 1
     return float(other - x.mean()), float(t975(df) * np.sqrt(var)), df
 
 

@@ -408,7 +408,7 @@ class Campaign:
 
     def report(self, threads: int) -> None:
         """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one,
-        each appendix table in one."""
+        each appendix table in one, the sinusoid (its seed runs) in one."""
         moved = self.moved()
         jobs = []  # (command, the runs it reports)
         cells = [r for r in moved if r.report[0] == "table1"]
@@ -492,7 +492,7 @@ def _table1_iterations(results: Path) -> dict:
 def _reported(results: Path, queue: list[Run] | None = None) -> dict:
     """{run name: iterations} as of each run's last successful report: results/campaign.json, or
     for a run it does not list, the iterations its result file records (results/table1.json,
-    results/rl/<env>.json)."""
+    results/rl/<env>.json, results/sinusoid/summary.json for seed runs)."""
     out = {}
     t1 = _table1_iterations(results)
     for run in queue or QUEUE:

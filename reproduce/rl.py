@@ -69,7 +69,7 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
         print(f"== {env}/{name}: evaluating iteration {evaluated} ({cfg.eval.checkpoint}) on "
               f"{cfg.eval.tasks} test tasks", file=sys.stderr)
     metrics = rl.evaluate_run(cfg, learner)
-    metrics.pop("per_task", None)
+    metrics["_per_task"] = metrics.pop("per_task")   # for the seeds' statistics; taken out before writing
     run = common.record(cfg, learner, common.paper_iterations(cfg_name), run_dir)
     run["evaluated_iteration"] = evaluated
     run["env_steps"] = int(learner.env_steps.numpy())
@@ -87,7 +87,8 @@ def other_seeds(env: str, name: str, args) -> list[dict]:
         return []
     cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"
     out = []
-    for seed, d in common.seed_dirs(common.run_dir(common.load(cfg_name), args.results)).items():
+    own = common.load(cfg_name)
+    for seed, d in common.seed_dirs(common.run_dir(own, args.results), own.seed).items():
         cfg = common.load(cfg_name, args.iterations, list(args.set) + [f"seed={seed}"])
         try:
             learner, evaluated = train_lib.restore(cfg, d, cfg.eval.checkpoint)
@@ -96,10 +97,16 @@ def other_seeds(env: str, name: str, args) -> list[dict]:
             out.append({"seed": seed, "status": run["status"], "iterations": run["iterations"],
                         "evaluated_iteration": evaluated, "values": [float(v) for v in m["returns"]],
                         "ci95": [float(v) for v in m["ci95"]],
-                        "training_commits": run["training_commits"], "wall_time_s": run["wall_time_s"]})
-        except (ConfigError, TrainingError, ValueError, OSError) as e:  # one broken directory: noted, not fatal
+                        "training_commits": run["training_commits"], "wall_time_s": run["wall_time_s"],
+                        "_per_task": m["per_task"]})
+        except Exception as e:  # one broken directory (a config, a missing or cut checkpoint file): noted, not fatal
             out.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
     return out
+
+
+def paper_columns(env: str, name: str, n_steps: int) -> list | None:
+    """The paper's returns after 0.. steps for `name` (MAML's; None for the other methods)."""
+    return (list(PAPER[env][0]) + [None] * n_steps)[:n_steps] if name == "maml" else None
 
 
 def seed_section(env: str, s: dict) -> tuple[list[str], list[str]]:
@@ -107,7 +114,7 @@ def seed_section(env: str, s: dict) -> tuple[list[str], list[str]]:
     seeds = s.get("seeds") or {}
     if not seeds:
         return [], []
-    n_steps = max(len(r["values"]) for rows in seeds.values() for r in rows if "values" in r)
+    n_steps = max(len(s["metrics"][name]["returns"]) for name in seeds)
     lines = ["", f"Seeds (each run on the same {s.get('eval_tasks', 40)} test tasks; the config's own seed first):", "",
              "| method | seed | iterations | " + " | ".join(f"{k} steps" for k in range(n_steps)) + " |",
              "|---|---|---|" + "---|" * n_steps]
@@ -115,9 +122,9 @@ def seed_section(env: str, s: dict) -> tuple[list[str], list[str]]:
     for name, rows in seeds.items():
         m, run = s["metrics"][name], s["runs"][name]
         own = {"seed": run["seed"], "status": run["status"], "iterations": run["iterations"], "values": m["returns"]}
-        paper = list(PAPER[env][0]) + [None] * n_steps if name == "maml" else None
-        table_rows, finding = common.seed_lines(name, [own] + rows, [f"{k} steps" for k in range(n_steps)],
-                                                paper and paper[:n_steps], m["ci95"], s.get("eval_tasks", 40))
+        table_rows, finding = common.seed_lines(name, [own] + rows, [f"{k} steps" for k in range(len(m["returns"]))],
+                                                paper_columns(env, name, len(m["returns"])),
+                                                (s.get("seeds_vs_paper") or {}).get(name))
         lines += table_rows
         found += [finding] if finding else []
     return lines, found
@@ -349,10 +356,16 @@ def _main(argv=None) -> int:
     old = json.loads(path.read_text()) if path.exists() else {}
     metrics, runs = dict(old.get("metrics", {})), dict(old.get("runs", {}))
     seeds = dict(old.get("seeds", {}))
+    against = dict(old.get("seeds_vs_paper", {}))
     try:
         for name in methods:
             metrics[name], runs[name] = run_method(args.env, name, args)
             seeds[name] = other_seeds(args.env, name, args)
+            own = {"status": runs[name]["status"], "_per_task": metrics[name].pop("_per_task")}
+            paper = paper_columns(args.env, name, len(metrics[name]["returns"]))
+            against[name] = common.seeds_against_paper([own] + seeds[name], paper) if paper else None
+            for r in seeds[name]:
+                r.pop("_per_task", None)
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -368,8 +381,11 @@ def _main(argv=None) -> int:
                "metrics": metrics, "runs": runs,
                "paper": {"maml": PAPER[args.env][0], "oracle": PAPER[args.env][1]}}
     seeds = {m: seeds[m] for m in order if seeds.get(m)}
+    against = {m: against[m] for m in order if against.get(m) and m in seeds}
     if seeds:
         summary["seeds"] = seeds
+    if against:
+        summary["seeds_vs_paper"] = against
     summary["findings"] = findings(args.env, metrics, runs) + seed_section(args.env, summary)[1]
     out.mkdir(parents=True, exist_ok=True)
     if records.same_results(path, summary) and (out / "table.md").exists():  # no result changed

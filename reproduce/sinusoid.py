@@ -61,6 +61,8 @@ def evaluate_method(name: str, learner, cfg, shots=SHOTS) -> dict:
         if name == "oracle":
             mse, ci = evaluate.not_adapted(mse, STEPS), evaluate.not_adapted(ci, STEPS)
         out[f"K{k}"] = {"mse": mse, "ci95": ci, "alpha": alpha if name != "oracle" else None}
+        if k == 5 and name in SEED_METHODS:  # Table 2's columns task by task, for the seeds' statistics (taken out before writing)
+            out["K5"]["_per_task"] = [np.asarray(r["per_task"][s], dtype=np.float64) for s in SEED_STEPS]
         if search:
             out[f"K{k}"]["alpha_search"] = {str(a): s for a, s in search.items()}
     return out
@@ -75,7 +77,7 @@ def other_seeds(name: str, main_dir, iterations, sets) -> list[dict]:
     the main run on the same 5-shot test tasks (Table 2's columns; the pretrained model's
     fine-tuning step searched again for its own parameters)."""
     out = []
-    for seed, d in common.seed_dirs(main_dir).items():
+    for seed, d in common.seed_dirs(main_dir, common.load(METHODS[name]).seed).items():
         cfg = common.load(METHODS[name], iterations, list(sets) + [f"seed={seed}"])
         try:
             learner, _ = train_lib.restore(cfg, d)
@@ -84,8 +86,8 @@ def other_seeds(name: str, main_dir, iterations, sets) -> list[dict]:
             out.append({"seed": seed, "status": run["status"], "iterations": run["iterations"],
                         "values": [k5["mse"][s] for s in SEED_STEPS], "ci95": [k5["ci95"][s] for s in SEED_STEPS],
                         "alpha": k5["alpha"], "training_commits": run["training_commits"],
-                        "wall_time_s": run["wall_time_s"]})
-        except (ConfigError, TrainingError, ValueError, OSError) as e:  # one broken directory: noted, not fatal
+                        "wall_time_s": run["wall_time_s"], "_per_task": k5["_per_task"]})
+        except Exception as e:  # one broken directory (a config, a missing or cut checkpoint file): noted, not fatal
             out.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
     return out
 
@@ -96,7 +98,7 @@ def seed_section(summary) -> tuple[list[str], list[str]]:
     if not seeds:
         return [], []
     lines = ["", "## Seeds: 5-shot MSE after 1 / 5 / 10 steps", "",
-             "Each seed's run evaluated on the same 600 test tasks; the config's own seed first.", "",
+             f"Each seed's run evaluated on the same {summary['eval_tasks']} test tasks; the config's own seed first.", "",
              "| method | seed | iterations | 1 step | 5 steps | 10 steps |", "|---|---|---|---|---|---|"]
     found = []
     for name, rows in seeds.items():
@@ -105,7 +107,7 @@ def seed_section(summary) -> tuple[list[str], list[str]]:
                "values": [m["mse"][s] for s in SEED_STEPS]}
         table_rows, finding = common.seed_lines(name, [own] + rows, [f"{s} step{'s' * (s > 1)}" for s in SEED_STEPS],
                                                 [PAPER[name][s] for s in SEED_STEPS],
-                                                [m["ci95"][s] for s in SEED_STEPS], summary["eval_tasks"], _num)
+                                                (summary.get("seeds_vs_paper") or {}).get(name), _num)
         lines += table_rows
         found += [finding] if finding else []
     return lines, found
@@ -298,6 +300,15 @@ def _main(argv=None) -> int:
         return 2
     seeds = {name: rows for name in SEED_METHODS
              if (rows := other_seeds(name, common.run_dir(cfgs[name], args.results), args.iterations, sets))}
+    against = {}
+    for name, rows in seeds.items():
+        own = {"status": runs[name]["status"], "_per_task": metrics[name]["K5"]["_per_task"]}
+        if (a := common.seeds_against_paper([own] + rows, [PAPER[name][s] for s in SEED_STEPS])):
+            against[name] = a
+        for r in rows:
+            r.pop("_per_task", None)
+    for m in metrics.values():
+        m["K5"].pop("_per_task", None)
     main_run = runs["maml"]
     summary = {"experiment": "sinusoid", "config": main_run["config"], "commit": main_run["commit"],
                "iterations": main_run["iterations"], "paper_iterations": main_run["paper_iterations"],
@@ -307,6 +318,8 @@ def _main(argv=None) -> int:
                "paper": {"maml": {"K5": PAPER["maml"]}, "pretrained": {"K5": PAPER["pretrained"]}}}
     if seeds:
         summary["seeds"] = seeds
+    if against:
+        summary["seeds_vs_paper"] = against
     summary["findings"] = findings(metrics, runs) + seed_section(summary)[1]
     out.mkdir(parents=True, exist_ok=True)
     # the figures are drawn every time (the same numbers draw the same bytes); the summary and

@@ -13,6 +13,7 @@ import json
 import sys
 from typing import NamedTuple
 
+import numpy as np
 
 from maml_tf import records, runs
 from maml_tf.config import ConfigError
@@ -82,10 +83,19 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
                test_steps=cfg.eval.steps)
     done = row["iterations"]
     seeds = other_seeds(cell, iterations, run_dir, test_source)
+    per_task = [r.pop("_per_task") for r in [row] + seeds if r.get("status") == "full" and "_per_task" in r]
+    row.pop("_per_task", None)
+    for r in seeds:
+        r.pop("_per_task", None)
     if seeds:
         row["other_seeds"] = seeds
     if cell.paper_accuracy is not None:
         row["paper_inside_ci"] = bool(abs(row["accuracy"] - cell.paper_accuracy) <= row["ci95"])
+        if len(per_task) >= 2:  # the full runs of two or more seeds against the paper's value
+            from maml_tf import evaluate
+            diff, half, df = evaluate.against_seeds(np.stack(per_task), cell.paper_accuracy, cell.paper_ci95)
+            row["seeds_vs_paper"] = {"runs": len(per_task), "difference": round(diff, 2), "allowed": round(half, 2),
+                                     "df": df}
     notes = []
     if row["status"] == "partial":
         notes.append(f"PARTIAL: {done} of the paper's {PAPER_ITERATIONS} iterations")
@@ -115,6 +125,7 @@ def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
                             seed=cfg.eval.seed, batch=cfg.eval.batch)
     step = cfg.eval.headline_step
     done = int(best.step.numpy())
+    per_task = 100 * np.asarray(res["per_task"][step], dtype=np.float64)  # (for the seeds' statistics; not written)
     paired = evaluate.ci95(res["per_task"] - res["per_task"][step])  # each step against the headline, task by task
     return {"accuracy": round(100 * float(res["mean"][step]), 2), "ci95": round(100 * float(res["ci95"][step]), 2),
             "accuracy_by_step": [round(100 * float(a), 2) for a in res["mean"]],
@@ -123,7 +134,7 @@ def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
             "iterations": done, "evaluated_checkpoint_step": best_step,
             "wall_time_s": round(float(best.wall_time.numpy()), 1),
             "status": "full" if done >= PAPER_ITERATIONS else "partial",
-            "training_commits": runs.training_commits(run_dir)}
+            "training_commits": runs.training_commits(run_dir), "_per_task": per_task}
 
 
 def validation_by_step(best, cfg) -> list[float]:
@@ -136,7 +147,7 @@ def other_seeds(cell: Cell, iterations: int | None, run_dir, test_source) -> lis
     """The cell's runs with other seeds, each evaluated as the main run (same test tasks)."""
     from maml_tf import train as train_lib
     rows = []
-    for seed, d in common.seed_dirs(run_dir).items():
+    for seed, d in common.seed_dirs(run_dir, common.load(cell.config).seed).items():
         cfg = common.load(cell.config, iterations, [f"seed={seed}"])
         try:
             best, best_step = train_lib.restore(cfg, d, "best")
@@ -174,7 +185,7 @@ def seed_spread(row: dict) -> str:
     """With runs of other seeds: each seed's accuracy (partial runs labelled), and over the runs
     at the full budget, when there are two or more, their mean and standard deviation and whether
     the paper's value differs from their mean by more than seed variance and the two test samples
-    allow (`evaluate.against_seeds`)."""
+    allow (row["seeds_vs_paper"], from `evaluate.against_seeds` on the runs' per-task results)."""
     seeds = row.get("other_seeds") or []
     if not seeds:
         return ""
@@ -186,14 +197,14 @@ def seed_spread(row: dict) -> str:
     full = [s["accuracy"] for s in every if "error" not in s and s["status"] == "full"]
     if len(full) >= 2:
         text += f"; over the {len(full)} full runs mean {statistics.mean(full):.2f}, std {statistics.stdev(full):.2f}"
-        if row.get("paper_accuracy") is not None:
-            from maml_tf import evaluate
-            diff, half, df = evaluate.against_seeds(full, row["ci95"], row["paper_accuracy"], row.get("paper_ci95") or 0.0,
-                                                    row.get("eval_tasks") or 600)
+        v = row.get("seeds_vs_paper")
+        if v and v["runs"] == len(full):
+            diff, half = v["difference"], v["allowed"]
             text += (f"; the paper's value {abs(diff):.2f} {'above' if diff > 0 else 'below'} their mean, "
                      f"{'within' if abs(diff) <= half else 'beyond'} the {half:.2f} that seed variance and the two "
-                     f"test samples allow (95%, t with {df} df): "
-                     + ("seed variance can explain it" if abs(diff) <= half else "not seed variance"))
+                     f"test samples allow (95%, t with {v['df']} df): "
+                     + ("not seed variance" if abs(diff) > half else
+                        "seed variance can explain it" if v["df"] >= 5 else "too few seeds to tell"))
     return text
 
 

@@ -135,10 +135,22 @@ def test_a_worker_stopped_from_outside_is_not_restarted_and_a_stop_signals_each_
 
 
 def test_every_seed_run_in_the_queue_has_a_report_that_lists_it():
-    """A seed run trained and never evaluated would be compute spent on nothing that a table shows."""
+    """A seed run trained and never evaluated would be compute spent on nothing that a table shows
+    (and a report that never lists it would run again in every campaign): each seed run's report
+    evaluates that very config, beside a run of another seed."""
+    from reproduce import sinusoid, table1
+    cells = {c.name: c.config for c in table1.CELLS}
     for r in campaign.QUEUE:
-        if r.seed is not None:
-            assert r.report[:1] in (("table1",), ("rl",), ("sinusoid",)), r.name
+        if r.seed is None:
+            continue
+        assert r.seed != r.raw()["seed"] and r.run_dir(Path("results")).name.endswith(f"_seed{r.seed}"), r.name
+        kind = r.report[:1]
+        if kind == ("table1",):
+            assert cells[r.report[1]] == r.config, r.name
+        elif kind == ("rl",):
+            assert r.config == f"rl/{r.report[1]}/{r.report[2]}", r.name
+        else:
+            assert kind == ("sinusoid",) and r.config in {sinusoid.METHODS[m] for m in sinusoid.SEED_METHODS}, r.name
 
 
 def test_sinusoid_seed_runs_are_evaluated_beside_the_main_run_and_the_campaign_sees_each(tmp_path):
@@ -164,19 +176,36 @@ def test_sinusoid_seed_runs_are_evaluated_beside_the_main_run_and_the_campaign_s
 
 
 def test_seed_lines_give_each_seed_the_mean_of_full_runs_and_where_the_paper_lies():
+    import numpy as np
     from reproduce import common
     every = [{"seed": 0, "status": "full", "iterations": 100, "values": [-40.0, -11.0]},
              {"seed": 2, "status": "full", "iterations": 100, "values": [-36.0, -10.8]},
              {"seed": 3, "status": "partial", "iterations": 50, "values": [-60.0, -30.0]},
              {"seed": 4, "error": "TrainingError: no checkpoint"}]
-    rows, finding = common.seed_lines("maml", every, ["0 steps", "1 steps"], [-40.41, -5.0], [3.8, 0.1], 40)
+    # per task: the two full runs' returns on 40 shared tasks (the partial one's are left out)
+    rng = np.random.default_rng(0)
+    tasks = rng.normal(size=(2, 40))
+    per_task = [np.stack([v + 2.0 * t + 0.3 * rng.normal(size=40) for v, t in zip(r["values"], tasks)]) for r in every[:2]]
+    runs = [{"status": r["status"], "_per_task": p} for r, p in zip(every[:2], per_task)]
+    runs.append({"status": "partial", "_per_task": per_task[0] - 20})
+    against = common.seeds_against_paper(runs, [-40.41, -5.0])
+    assert against["runs"] == 2 and all(a["df"] >= 1 for a in against["columns"])
+    rows, finding = common.seed_lines("maml", every, ["0 steps", "1 steps"], [-40.41, -5.0], against)
     assert rows[0] == "| maml | 0 | 100 | -40.00 | -11.00 |" and rows[2] == "| maml | 3 | 50, PARTIAL | -60.00 | -30.00 |"
     assert rows[3].startswith("| maml | 4 | not evaluated: TrainingError")
     assert rows[4] == "| maml | mean ± std of 2 full runs | | -38.00 ± 2.83 | -10.90 ± 0.14 |"  # the partial one left out
-    assert "0 steps: paper -40.41, ours -38.00 ±" in finding and finding.count("within") == 1
-    assert "1 steps: paper -5.00, ours -10.90 ±" in finding and "beyond" in finding
-    rows, finding = common.seed_lines("maml", every[2:], ["0 steps", "1 steps"], [-40.41, -5.0], [3.8, 0.1])
-    assert len(rows) == 2 and finding == ""  # no two full runs: no statistics
+    mean0 = np.mean([p[0].mean() for p in per_task])
+    assert abs(against["columns"][0]["difference"] - (-40.41 - mean0)) < 1e-6
+    assert "0 steps: paper -40.41 against our -38.00" in finding and "1 steps: paper -5.00 against our -10.90" in finding
+    assert finding.count("within") + finding.count("beyond") == 2
+    # no paper value for a column: no comparison there; no two full runs: no statistics
+    assert common.seeds_against_paper(runs, [None, -5.0])["columns"][0] is None
+    assert common.seeds_against_paper(runs[:1] + runs[2:], [-40.41, -5.0]) is None
+    rows, finding = common.seed_lines("maml", every[2:], ["0 steps", "1 steps"], [-40.41, -5.0], against)
+    assert len(rows) == 2 and finding == ""
+    # a comparison made over other runs than those shown is not used
+    assert common.seed_lines("maml", every[:3] + [{**every[2], "seed": 5, "status": "full"}],
+                             ["0 steps", "1 steps"], [-40.41, -5.0], against)[1] == ""
 
 
 def test_rl_seed_runs_are_evaluated_and_shown_beside_the_main_run(tmp_path):
@@ -204,5 +233,12 @@ def test_rl_seed_runs_are_evaluated_and_shown_beside_the_main_run(tmp_path):
     text = rl_repro.table(out, ["point"])
     assert "| maml | 1 | 100 | -40.00 | -11.00 |" in text and "| maml | 2 | 100 | -36.00 | -10.00 |" in text
     assert "| maml | mean ± std of 2 full runs | | -38.00 ± 2.83 |" in text
+    assert rl_repro.seed_section("point", summary)[1] == []   # no comparison with the paper computed
+    summary["seeds_vs_paper"] = {"maml": {"runs": 2, "columns": [{"difference": -2.41, "allowed": 5.0, "df": 30}] * 4
+                                          + [None]}}
     found = rl_repro.seed_section("point", summary)[1]
-    assert len(found) == 1 and "0 steps: paper -40.41" in found[0] and "4 steps" not in found[0]
+    assert len(found) == 1 and "0 steps: paper -40.41 against our -38.00" in found[0] and "4 steps" not in found[0]
+    # a method whose every seed run failed to evaluate: its rows say so, the table is still written
+    summary["seeds"]["maml"] = [{"seed": 2, "error": "DataLossError: truncated"}]
+    (out / "point.json").write_text(json.dumps(summary))
+    assert "| maml | 2 | not evaluated: DataLossError: truncated |" in rl_repro.table(out, ["point"])

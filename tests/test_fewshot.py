@@ -173,25 +173,37 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
 
 
 def test_the_seed_interval_covers_a_new_seed_on_other_test_tasks_95_percent_of_the_time():
-    """evaluate.against_seeds, by simulation: n seeds scored on one shared test sample, a further
-    seed on its own sample; the interval must hold the difference about 95% of the time, where
-    a t-interval on the seeds alone (ignoring the test samples) would miss it far more often."""
+    """evaluate.against_seeds, by simulation: n runs (seed effects) scored task by task on one
+    shared test sample, whose tasks are hard or easy for every run alike to a degree rho; the
+    published run is one more seed on its own tasks. The interval must hold the difference about
+    95% of the time whatever rho: adding every test variance to the seeds' spread (right only at
+    rho = 1) over-covers at rho = 0, and the seeds' spread alone under-covers at rho = 1."""
     from maml_tf import evaluate
     assert [evaluate.t975(d) for d in (1, 2, 10)] == [12.706, 4.303, 2.228]
     assert abs(evaluate.t975(20) - 2.086) < 2e-3 and abs(evaluate.t975(1000) - 1.962) < 1e-3
     rng = np.random.default_rng(0)
-    for n, seed_sd, test_se in ((3, 0.5, 0.36), (3, 0.1, 0.36), (5, 1.0, 0.1)):
-        hits = naive = 0
-        trials = 4000
+    tasks, trials = 100, 1500
+    for n, seed_sd, task_sd, rho in ((3, 0.3, 4.0, 1.0), (3, 0.1, 4.0, 0.5), (3, 0.1, 4.0, 0.0), (5, 0.5, 2.0, 0.7)):
+        hits = summed = alone = 0
         for _ in range(trials):
-            ours = 95 + seed_sd * rng.standard_normal(n) + test_se * rng.standard_normal()  # one shared test set
-            other = 95 + seed_sd * rng.standard_normal() + test_se * rng.standard_normal()
-            diff, half, _ = evaluate.against_seeds(ours, 1.96 * test_se, other, 1.96 * test_se)
+            shared = rng.standard_normal(tasks)
+            ours = seed_sd * rng.standard_normal((n, 1)) + task_sd * (
+                np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal((n, tasks)))
+            paper = seed_sd * rng.standard_normal() + task_sd * (
+                np.sqrt(rho) * rng.standard_normal(tasks) + np.sqrt(1 - rho) * rng.standard_normal(tasks)).mean()
+            diff, half, _ = evaluate.against_seeds(ours, paper)
             hits += abs(diff) <= half
-            naive += abs(diff) <= evaluate.t975(n - 1) * ours.std(ddof=1) * np.sqrt(1 + 1 / n)
-        assert 0.93 <= hits / trials <= 0.985, (n, seed_sd, test_se, hits / trials)
-        if seed_sd < test_se:
-            assert naive / trials < 0.8  # the seeds alone do not see the test samples' noise
+            means, test_var = ours.mean(1), ours.var(1, ddof=1).mean() / tasks
+            spread = means.var(ddof=1) * (1 + 1 / n)
+            summed += abs(diff) <= evaluate.t975(n - 1) * np.sqrt(spread + 2 * test_var)
+            alone += abs(diff) <= evaluate.t975(n - 1) * np.sqrt(spread)
+        assert 0.92 <= hits / trials <= 0.98, (n, seed_sd, task_sd, rho, hits / trials)
+        if rho == 0.0:
+            assert summed / trials > 0.99   # the test noise counted twice: too wide
+        if rho == 1.0:
+            assert alone / trials < 0.85    # the shared test noise missed: too narrow
+    with pytest.raises(ValueError, match="two seeds"):
+        evaluate.against_seeds(np.ones((1, 5)), 1.0)
 
 
 def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
@@ -213,19 +225,20 @@ def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
     assert table1.step_trend(row, early) == ""  # nothing before step 1 to fall from
     row["other_seeds"] = [{"seed": 1, "accuracy": 97.0, "status": "full"}, {"seed": 2, "accuracy": 96.0, "status": "partial"},
                           {"seed": 3, "error": "TrainingError: no checkpoint"}]
-    # a partial run is listed but not in the statistics, which need two full runs
-    row["paper_ci95"] = 0.6
+    # a partial run is listed but not in the statistics, which need two full runs; the comparison
+    # with the paper is run_cell's (from the runs' per-task results), shown when it covers those runs
+    row["seeds_vs_paper"] = {"runs": 2, "difference": 1.13, "allowed": 15.22, "df": 1}
     assert table1.seed_spread(row) == ("seeds 0 / 1 / 2 / 3: 95.73 / 97.00 / 96.00 (partial) / not evaluated "
                                        "(TrainingError: no checkpoint); over the 2 full runs mean 96.37, std 0.90; "
                                        "the paper's value 1.13 above their mean, within the 15.22 that seed variance "
-                                       "and the two test samples allow (95%, t with 1 df): seed variance can explain it")
-    # three seeds close together: a difference of 1.8 is beyond what they and the test samples allow
-    # (the test samples' variance, known from 600 tasks each, dominates: Welch-Satterthwaite gives 26 df)
-    row["other_seeds"][1]["status"] = "full"
-    row["other_seeds"][0]["accuracy"] = 95.5
-    assert "; the paper's value 1.76 above their mean, beyond the 1.14" in table1.seed_spread(row)
+                                       "and the two test samples allow (95%, t with 1 df): too few seeds to tell")
+    row["seeds_vs_paper"] = {"runs": 2, "difference": 1.13, "allowed": 1.5, "df": 30}
+    assert table1.seed_spread(row).endswith("(95%, t with 30 df): seed variance can explain it")
+    row["seeds_vs_paper"] = {"runs": 2, "difference": -1.76, "allowed": 1.14, "df": 26}
+    assert "; the paper's value 1.76 below their mean, beyond the 1.14" in table1.seed_spread(row)
     assert table1.seed_spread(row).endswith("(95%, t with 26 df): not seed variance")
+    row["other_seeds"][1]["status"] = "full"   # three full runs now, the comparison was of two: not shown
+    assert table1.seed_spread(row).endswith("over the 3 full runs mean 96.24, std 0.67")
     row["other_seeds"][1]["status"] = "partial"
-    row["other_seeds"][0]["accuracy"] = 97.0
     row["other_seeds"][0]["status"] = "partial"
     assert "mean" not in table1.seed_spread(row)
