@@ -401,3 +401,33 @@ def test_sampler_rollout_is_bit_identical_to_a_plain_loop(env_id, n_tasks, n_tra
         assert np.all(ref.lengths == 200)
     else:
         assert ref.lengths.min() < horizon // 2 and ref.lengths.max() > ref.lengths.min()
+
+
+def test_the_point_optimum_is_the_best_return_any_policy_gets():
+    """envs.point.optimal_returns (the bound the point table's oracle is compared with) against
+    the environment itself: the straight policy stepped through Point2DEnv gets exactly it, and
+    random policies, or a slower straight one, never beat it."""
+    import gymnasium as gym
+    from maml_tf.envs import point
+    rng = np.random.default_rng(3)
+    goals = rng.uniform(-0.5, 0.5, size=(6, 2))
+    best = point.optimal_returns(goals)
+    for goal, b in zip(goals, best):
+        env = gym.make("maml/Point2D-v0").unwrapped
+        obs, _ = env.reset(seed=0, options={"task": {"goal": goal}})
+        total = 0.0
+        for _ in range(100):
+            obs, r, done, _, _ = env.step(np.clip((goal - obs[:2]) / 0.1, -1, 1) if env.normalized_actions
+                                          else np.clip(goal - obs[:2], -0.1, 0.1))
+            total += r
+            if done:
+                break
+        assert abs(total - b) < 1e-9, (goal, total, b)
+    for scale in (0.5, 0.9):  # slower straight moves
+        assert np.all(point.optimal_returns(goals, max_speed=0.1 * scale) < best)
+    for _ in range(20):  # random walks with the same speed limit
+        pos, total = np.zeros_like(goals), np.zeros(len(goals))
+        for _ in range(100):
+            pos = pos + rng.uniform(-0.1, 0.1, size=pos.shape)
+            total -= np.linalg.norm(pos - goals, axis=1)
+        assert np.all(total < best)

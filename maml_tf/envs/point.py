@@ -112,6 +112,25 @@ def _reward_and_done(pos, goal, reward_type: str, tol: float):
     return reward, done
 
 
+def optimal_returns(goals, horizon: int = 100, max_speed: float = MAX_SPEED, reward_type: str = "distance",
+                    tol: float = SUCCESS_TOL) -> np.ndarray:
+    """The best return an episode can have for each goal in `goals` [n, 2]: every step moves each
+    coordinate straight toward the goal by up to `max_speed` (the action's limit), which makes
+    each coordinate's distance, and with it the distance and the reward after every step, as small
+    as any policy can; the episode ends as the env's (`_reward_and_done`) or at `horizon`."""
+    goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
+    pos = np.zeros_like(goals)
+    total, live = np.zeros(len(goals)), np.ones(len(goals), dtype=bool)
+    for _ in range(horizon):
+        pos = pos + np.clip(goals - pos, -max_speed, max_speed)
+        reward, done = _reward_and_done(pos, goals, reward_type, tol)
+        total += np.where(live, reward, 0.0)
+        live &= ~done
+        if not live.any():
+            break
+    return total
+
+
 class Point2DEnv(gym.Env):
     """Point agent moving to a goal in 2D; see the module docstring for the exact rules.
 
