@@ -85,12 +85,14 @@ def seed_lines(method: str, every: list[dict], columns: list, paper: list | None
                 " | ".join(f"{fmt(m)} ± {fmt(s)}" for m, s in zip(mean, std)) + " |")
     if not paper or not against or against["runs"] != len(full):
         return rows, ""
+    from maml_tf.evaluate import SEEDS_FOR_A_VERDICT
     parts = [f"{col}: paper {fmt(p)} against our {fmt(m)}, a difference of {fmt(abs(a['difference']))} "
              f"{'within' if abs(a['difference']) <= a['allowed'] else 'beyond'} ± {fmt(a['allowed'])} ({a['df']} df)"
              for col, p, m, a in zip(columns, paper, mean, against["columns"]) if p is not None and a]
     finding = (f"{method} over {len(full)} seeds at the full budget, against the paper (95% for one more run on "
                "its own test tasks: seed variance and both test samples; the paper gives no CI, ours stands in): "
-               + "; ".join(parts) + ".")
+               + "; ".join(parts) + (f" ({len(full)} runs are too few to tell: {SEEDS_FOR_A_VERDICT} or more give a "
+                                     "verdict)." if len(full) < SEEDS_FOR_A_VERDICT else "."))
     return rows, finding
 
 

@@ -199,12 +199,13 @@ def seed_spread(row: dict) -> str:
         text += f"; over the {len(full)} full runs mean {statistics.mean(full):.2f}, std {statistics.stdev(full):.2f}"
         v = row.get("seeds_vs_paper")
         if v and v["runs"] == len(full):
+            from maml_tf.evaluate import SEEDS_FOR_A_VERDICT
             diff, half = v["difference"], v["allowed"]
             text += (f"; the paper's value {abs(diff):.2f} {'above' if diff > 0 else 'below'} their mean, "
                      f"{'within' if abs(diff) <= half else 'beyond'} the {half:.2f} that seed variance and the two "
                      f"test samples allow (95%, t with {v['df']} df): "
-                     + ("not seed variance" if abs(diff) > half else
-                        "seed variance can explain it" if v["df"] >= 5 else "too few seeds to tell"))
+                     + (f"{v['runs']} runs are too few to tell" if v["runs"] < SEEDS_FOR_A_VERDICT else
+                        "not seed variance" if abs(diff) > half else "seed variance can explain it"))
     return text
 
 

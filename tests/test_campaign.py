@@ -198,6 +198,7 @@ def test_seed_lines_give_each_seed_the_mean_of_full_runs_and_where_the_paper_lie
     assert abs(against["columns"][0]["difference"] - (-40.41 - mean0)) < 1e-6
     assert "0 steps: paper -40.41 against our -38.00" in finding and "1 steps: paper -5.00 against our -10.90" in finding
     assert finding.count("within") + finding.count("beyond") == 2
+    assert finding.endswith("(2 runs are too few to tell: 3 or more give a verdict).")
     # no paper value for a column: no comparison there; no two full runs: no statistics
     assert common.seeds_against_paper(runs, [None, -5.0])["columns"][0] is None
     assert common.seeds_against_paper(runs[:1] + runs[2:], [-40.41, -5.0]) is None

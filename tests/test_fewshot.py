@@ -231,14 +231,16 @@ def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
     assert table1.seed_spread(row) == ("seeds 0 / 1 / 2 / 3: 95.73 / 97.00 / 96.00 (partial) / not evaluated "
                                        "(TrainingError: no checkpoint); over the 2 full runs mean 96.37, std 0.90; "
                                        "the paper's value 1.13 above their mean, within the 15.22 that seed variance "
-                                       "and the two test samples allow (95%, t with 1 df): too few seeds to tell")
-    row["seeds_vs_paper"] = {"runs": 2, "difference": 1.13, "allowed": 1.5, "df": 30}
-    assert table1.seed_spread(row).endswith("(95%, t with 30 df): seed variance can explain it")
+                                       "and the two test samples allow (95%, t with 1 df): 2 runs are too few to tell")
     row["seeds_vs_paper"] = {"runs": 2, "difference": -1.76, "allowed": 1.14, "df": 26}
-    assert "; the paper's value 1.76 below their mean, beyond the 1.14" in table1.seed_spread(row)
-    assert table1.seed_spread(row).endswith("(95%, t with 26 df): not seed variance")
+    assert table1.seed_spread(row).endswith("(95%, t with 26 df): 2 runs are too few to tell")  # even when beyond
     row["other_seeds"][1]["status"] = "full"   # three full runs now, the comparison was of two: not shown
     assert table1.seed_spread(row).endswith("over the 3 full runs mean 96.24, std 0.67")
+    row["seeds_vs_paper"] = {"runs": 3, "difference": 1.13, "allowed": 1.5, "df": 30}
+    assert table1.seed_spread(row).endswith("(95%, t with 30 df): seed variance can explain it")
+    row["seeds_vs_paper"] = {"runs": 3, "difference": -1.76, "allowed": 1.14, "df": 26}
+    assert "; the paper's value 1.76 below their mean, beyond the 1.14" in table1.seed_spread(row)
+    assert table1.seed_spread(row).endswith("(95%, t with 26 df): not seed variance")
     row["other_seeds"][1]["status"] = "partial"
     row["other_seeds"][0]["status"] = "partial"
     assert "mean" not in table1.seed_spread(row)
