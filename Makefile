@@ -94,8 +94,9 @@ report: setup
 ## one run per core, stop them cleanly, evaluate what moved -> results/campaign.md and the tables
 HOURS ?= 2.5
 CORES ?= $(shell nproc)
+REPORT_MINUTES ?= 15
 campaign: setup data-omniglot data-miniimagenet-if-available
-	$(PY) -m reproduce.campaign --hours $(HOURS) --cores $(CORES)
+	$(PY) -m reproduce.campaign --hours $(HOURS) --cores $(CORES) --report-minutes $(REPORT_MINUTES)
 ## campaign-status: where every run of the queue stands and the core-hours left; trains nothing (seconds)
 campaign-status: setup
 	$(PY) -m reproduce.campaign --status
