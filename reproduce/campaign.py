@@ -496,11 +496,11 @@ def _reported(results: Path, queue: list[Run] | None = None) -> dict:
     out = {}
     t1 = _table1_iterations(results)
     for run in queue or QUEUE:
-        if run.seed is not None and run.report[:1] in (("rl",), ("sinusoid",)):
+        if run.seed is not None:
             if (done := _seed_iterations(results, run)) is not None:
                 out[run.name] = done
-        elif run.report[:1] == ("table1",) and (run.config, run.seed) in t1:
-            out[run.name] = t1[run.config, run.seed]
+        elif run.report[:1] == ("table1",) and (run.config, None) in t1:
+            out[run.name] = t1[run.config, None]
         elif run.report[:1] == ("rl",):
             try:
                 rl = json.loads((results / "rl" / f"{run.report[1]}.json").read_text())

@@ -39,11 +39,25 @@ def seed_dirs(run_dir: Path, own_seed: int | None = None) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def seeds_against_paper(runs: list[dict], paper: list) -> dict | None:
+def other_seeds(config: str | Path, run_dir: Path, iterations: int | None, sets, evaluate) -> list[dict]:
+    """The config's runs with other seeds beside `run_dir` (`seed_dirs`), each loaded with its seed
+    and evaluated by `evaluate(cfg, directory) -> dict` as the caller evaluates the main run:
+    {"seed", **that}, or {"seed", "error"} when it fails (one broken directory, whatever its
+    error: a config, a missing or cut checkpoint file, must not stop the report)."""
+    rows = []
+    for seed, d in seed_dirs(run_dir, load(config).seed).items():
+        try:
+            rows.append({"seed": seed, **evaluate(load(config, iterations, list(sets) + [f"seed={seed}"]), d)})
+        except Exception as e:
+            rows.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
+    return rows
+
+
+def seeds_against_paper(runs: list[dict], paper: list, paper_ci95: list | None = None) -> dict | None:
     """Over the full-budget runs among `runs` (each {"status", "_per_task": [column][task]}, the
     metric of every test task at each reported column; all on the same test tasks), when there are
-    two or more: per column, where the paper's value (no CI given: our test CI stands in for its
-    own) lies against what seed variance and the test samples allow around their mean
+    two or more: per column, where the paper's value (its 95% CI `paper_ci95`; none given: our test
+    CI stands in for its own) lies against what seed variance and the test samples allow around their mean
     (`evaluate.against_seeds`), or None where the paper has no value. None: fewer than two."""
     import numpy as np
     full = [np.asarray(r["_per_task"], dtype=np.float64) for r in runs if r.get("status") == "full" and "_per_task" in r]
@@ -55,7 +69,7 @@ def seeds_against_paper(runs: list[dict], paper: list) -> dict | None:
         if p is None:
             out.append(None)
             continue
-        diff, half, df = evaluate.against_seeds(np.stack([f[j] for f in full]), p)
+        diff, half, df = evaluate.against_seeds(np.stack([f[j] for f in full]), p, paper_ci95[j] if paper_ci95 else None)
         out.append({"difference": round(diff, 6), "allowed": round(half, 6), "df": df})
     return {"runs": len(full), "columns": out}
 

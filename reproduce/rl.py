@@ -86,22 +86,17 @@ def other_seeds(env: str, name: str, args) -> list[dict]:
     if name not in BASE_METHODS or name == "random":
         return []
     cfg_name = common.CONFIGS / "rl" / env / f"{name}.yaml"
-    out = []
-    own = common.load(cfg_name)
-    for seed, d in common.seed_dirs(common.run_dir(own, args.results), own.seed).items():
-        cfg = common.load(cfg_name, args.iterations, list(args.set) + [f"seed={seed}"])
-        try:
-            learner, evaluated = train_lib.restore(cfg, d, cfg.eval.checkpoint)
-            m = rl.evaluate_run(cfg, learner)
-            run = common.record(cfg, learner, common.paper_iterations(cfg_name), d)
-            out.append({"seed": seed, "status": run["status"], "iterations": run["iterations"],
-                        "evaluated_iteration": evaluated, "values": [float(v) for v in m["returns"]],
-                        "ci95": [float(v) for v in m["ci95"]],
-                        "training_commits": run["training_commits"], "wall_time_s": run["wall_time_s"],
-                        "_per_task": m["per_task"]})
-        except Exception as e:  # one broken directory (a config, a missing or cut checkpoint file): noted, not fatal
-            out.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
-    return out
+
+    def evaluate_one(cfg, d) -> dict:
+        learner, evaluated = train_lib.restore(cfg, d, cfg.eval.checkpoint)
+        m = rl.evaluate_run(cfg, learner)
+        run = common.record(cfg, learner, common.paper_iterations(cfg_name), d)
+        return {"status": run["status"], "iterations": run["iterations"], "evaluated_iteration": evaluated,
+                "values": [float(v) for v in m["returns"]], "ci95": [float(v) for v in m["ci95"]],
+                "training_commits": run["training_commits"], "wall_time_s": run["wall_time_s"],
+                "_per_task": m["per_task"]}
+    return common.other_seeds(cfg_name, common.run_dir(common.load(cfg_name), args.results), args.iterations,
+                              args.set, evaluate_one)
 
 
 def paper_columns(env: str, name: str, n_steps: int) -> list | None:

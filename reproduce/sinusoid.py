@@ -76,20 +76,15 @@ def other_seeds(name: str, main_dir, iterations, sets) -> list[dict]:
     """The method's runs with other seeds (`<method>_seed<N>` beside its run), each evaluated as
     the main run on the same 5-shot test tasks (Table 2's columns; the pretrained model's
     fine-tuning step searched again for its own parameters)."""
-    out = []
-    for seed, d in common.seed_dirs(main_dir, common.load(METHODS[name]).seed).items():
-        cfg = common.load(METHODS[name], iterations, list(sets) + [f"seed={seed}"])
-        try:
-            learner, _ = train_lib.restore(cfg, d)
-            k5 = evaluate_method(name, learner, cfg, shots=(5,))["K5"]
-            run = common.record(cfg, learner, common.paper_iterations(METHODS[name]), d)
-            out.append({"seed": seed, "status": run["status"], "iterations": run["iterations"],
-                        "values": [k5["mse"][s] for s in SEED_STEPS], "ci95": [k5["ci95"][s] for s in SEED_STEPS],
-                        "alpha": k5["alpha"], "training_commits": run["training_commits"],
-                        "wall_time_s": run["wall_time_s"], "_per_task": k5["_per_task"]})
-        except Exception as e:  # one broken directory (a config, a missing or cut checkpoint file): noted, not fatal
-            out.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
-    return out
+    def evaluate_one(cfg, d) -> dict:
+        learner, _ = train_lib.restore(cfg, d)
+        k5 = evaluate_method(name, learner, cfg, shots=(5,))["K5"]
+        run = common.record(cfg, learner, common.paper_iterations(METHODS[name]), d)
+        return {"status": run["status"], "iterations": run["iterations"],
+                "values": [k5["mse"][s] for s in SEED_STEPS], "ci95": [k5["ci95"][s] for s in SEED_STEPS],
+                "alpha": k5["alpha"], "training_commits": run["training_commits"],
+                "wall_time_s": run["wall_time_s"], "_per_task": k5["_per_task"]}
+    return common.other_seeds(METHODS[name], main_dir, iterations, sets, evaluate_one)
 
 
 def seed_section(summary) -> tuple[list[str], list[str]]:

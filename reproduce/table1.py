@@ -83,19 +83,18 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
                test_steps=cfg.eval.steps)
     done = row["iterations"]
     seeds = other_seeds(cell, iterations, run_dir, test_source)
-    per_task = [r.pop("_per_task") for r in [row] + seeds if r.get("status") == "full" and "_per_task" in r]
-    row.pop("_per_task", None)
-    for r in seeds:
+    if cell.paper_accuracy is not None:
+        row["paper_inside_ci"] = bool(abs(row["accuracy"] - cell.paper_accuracy) <= row["ci95"])
+        # the full runs of two or more seeds against the paper's value (one column: the headline step)
+        against = common.seeds_against_paper([row] + seeds, [cell.paper_accuracy], [cell.paper_ci95])
+        if against:
+            a = against["columns"][0]
+            row["seeds_vs_paper"] = {"runs": against["runs"], "difference": round(a["difference"], 2),
+                                     "allowed": round(a["allowed"], 2), "df": a["df"]}
+    for r in [row] + seeds:
         r.pop("_per_task", None)
     if seeds:
         row["other_seeds"] = seeds
-    if cell.paper_accuracy is not None:
-        row["paper_inside_ci"] = bool(abs(row["accuracy"] - cell.paper_accuracy) <= row["ci95"])
-        if len(per_task) >= 2:  # the full runs of two or more seeds against the paper's value
-            from maml_tf import evaluate
-            diff, half, df = evaluate.against_seeds(np.stack(per_task), cell.paper_accuracy, cell.paper_ci95)
-            row["seeds_vs_paper"] = {"runs": len(per_task), "difference": round(diff, 2), "allowed": round(half, 2),
-                                     "df": df}
     notes = []
     if row["status"] == "partial":
         notes.append(f"PARTIAL: {done} of the paper's {PAPER_ITERATIONS} iterations")
@@ -125,7 +124,7 @@ def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
                             seed=cfg.eval.seed, batch=cfg.eval.batch)
     step = cfg.eval.headline_step
     done = int(best.step.numpy())
-    per_task = 100 * np.asarray(res["per_task"][step], dtype=np.float64)  # (for the seeds' statistics; not written)
+    per_task = [100 * np.asarray(res["per_task"][step], dtype=np.float64)]  # the headline column (seeds' statistics; not written)
     paired = evaluate.ci95(res["per_task"] - res["per_task"][step])  # each step against the headline, task by task
     return {"accuracy": round(100 * float(res["mean"][step]), 2), "ci95": round(100 * float(res["ci95"][step]), 2),
             "accuracy_by_step": [round(100 * float(a), 2) for a in res["mean"]],
@@ -146,15 +145,8 @@ def validation_by_step(best, cfg) -> list[float]:
 def other_seeds(cell: Cell, iterations: int | None, run_dir, test_source) -> list[dict]:
     """The cell's runs with other seeds, each evaluated as the main run (same test tasks)."""
     from maml_tf import train as train_lib
-    rows = []
-    for seed, d in common.seed_dirs(run_dir, common.load(cell.config).seed).items():
-        cfg = common.load(cell.config, iterations, [f"seed={seed}"])
-        try:
-            best, best_step = train_lib.restore(cfg, d, "best")
-            rows.append({"seed": seed, **evaluate_run(best, best_step, cfg, d, test_source)})
-        except Exception as e:  # one broken seed directory must not stop the table (nor the others)
-            rows.append({"seed": seed, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]})
-    return rows
+    return common.other_seeds(cell.config, run_dir, iterations, (), lambda cfg, d: evaluate_run(
+        *train_lib.restore(cfg, d, "best"), cfg, d, test_source))
 
 
 def step_trend(row: dict, cfg) -> str:
