@@ -328,16 +328,19 @@ def report_only(args) -> int:
         print(f"error: {path} does not exist: run `python -m reproduce.rl {args.env}` first", file=sys.stderr)
         return 2
     summary = json.loads(path.read_text())
+    old_findings = summary.get("findings")
     summary["findings"] = findings(args.env, summary["metrics"], summary["runs"]) + seed_section(args.env, summary)[1]
-    write_reports(out, path, summary, args.env)
+    write_reports(out, path, summary, args.env, json_changed=summary["findings"] != old_findings)
     return 0
 
 
-def write_reports(out: Path, path: Path, summary: dict, env: str) -> None:
-    """The environment's JSON, then table.md and the figures over every environment's JSON; prints
-    the environment's part of the table."""
-    records.write_json(path, summary)
-    (out / "table.md").write_text(table(out))
+def write_reports(out: Path, path: Path, summary: dict, env: str, json_changed: bool = True) -> None:
+    """The environment's JSON (unless `json_changed` says it holds `summary` already), then
+    table.md (where its text changed) and the figures over every environment's JSON; prints the
+    environment's part of the table."""
+    if json_changed:
+        records.write_json(path, summary)
+    records.write_text(out / "table.md", table(out))
     figures(out)
     print(table(out, [env]))
 

@@ -319,6 +319,14 @@ def test_rl_table_and_figures_from_results(tmp_path):
     assert any("PARTIAL" in f for f in summary["findings"])
     paths = rl_repro.figures(out)
     assert [p.name for p in paths] == ["fig4_point.png"] and paths[0].stat().st_size > 0
+    # --report-only rewrites stale findings, and leaves the JSON and table alone once they are current
+    summary["findings"] = ["stale"]
+    (out / "point.json").write_text(json.dumps(summary))
+    assert rl_repro.main(["point", "--report-only", "--results", str(tmp_path)]) == 0
+    assert json.loads((out / "point.json").read_text())["findings"] == rl_repro.findings("point", metrics, summary["runs"])
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "point.json", out / "table.md")}
+    assert rl_repro.main(["point", "--report-only", "--results", str(tmp_path)]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "point.json", out / "table.md")} == stamps
 
 
 # ----------------------------------------------------------------------------- the sampler, bit for bit
