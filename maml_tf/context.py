@@ -52,11 +52,16 @@ def concat_context(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
 
 
 INITS = ("widened", "base")
+# where z meets the conv net: "input", as Appendix C states (channel-wise, broadcast over the
+# pixels), or "after_norm", a diagnostic that is not the paper's model: the same parameters, but z's
+# contribution in the interior of the image (z @ the first kernel's z rows, summed over the taps) is
+# added after the first batch norm, which would otherwise subtract it (`reach_through_batch_norm`)
+JOINS = ("input", "after_norm")
 Z_SEED_OFFSET = 1_000_003  # init "base": z's first-layer rows are drawn with seed + this
 
 
 def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | None = None,
-            init: str = "widened") -> nets.Model:
+            init: str = "widened", join: str = "input") -> nets.Model:
     """The `base` model (a `model` config section) with a context vector of `z_dim` entries. RL
     passes obs_dim / act_dim (from the environment) on to a gaussian_mlp base.
 
@@ -68,11 +73,18 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
         layer are drawn (from their own random stream) at that layer's own scale. With z at zero
         the model starts as the MAML row's network whatever z_dim is, so runs of different z_dim
         differ only in their context vector: its size and, with it, how far one inner step on z
-        moves the first layer (by -alpha W_z^T W_z g, whose trace grows with z_dim)."""
+        moves the first layer (by -alpha W_z^T W_z g, whose trace grows with z_dim).
+
+    `join` (JOINS): "input" (Appendix C) or, for the conv net only, "after_norm" (a diagnostic)."""
     if z_dim < 1:
         raise ConfigError(f"model.z_dim must be >= 1, got {z_dim}")
     if init not in INITS:
         raise ConfigError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
+    if join not in JOINS:
+        raise ConfigError(f"model.join must be one of {', '.join(JOINS)}, got {join!r}")
+    if join != "input" and base.get("kind") != "conv4":
+        raise ConfigError(f"model.join {join!r} needs a conv4 base (it passes z around its first batch norm), "
+                          f"got {base.get('kind')!r}")
     base = dict(base)
     if base.get("kind") == "gaussian_mlp":
         base.update(obs_dim=obs_dim, act_dim=act_dim)
@@ -81,7 +93,7 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
     plain = nets.build(base)
     shapes = {k: v.shape for k, v in plain.init(0).items()}   # the base parameters' names and shapes
     # the weights (matrices and kernels) that the folded net copies per task
-    folded = _folded(base, spec, natural, {k: s.rank for k, s in shapes.items() if s.rank >= 2})
+    folded = _folded(base, spec, natural, {k: s.rank for k, s in shapes.items() if s.rank >= 2}, join)
     first, d = ("conv1", base["channels"]) if base["kind"] == "conv4" else \
         ("w1", base["sizes"][0] if base["kind"] == "mlp" else base["obs_dim"])
     scale = math.sqrt(_glorot_fans(spec) / _glorot_fans(base))  # the base layer's scale / the widened one's
@@ -132,7 +144,7 @@ def _one_copy_per_task(params: dict, n_tasks, ranks: dict) -> dict:
             if k in ranks and v.shape.rank == ranks[k] else v for k, v in params.items()}
 
 
-def _folded(base: dict, spec: dict, natural, weight_ranks: dict) -> callable:
+def _folded(base: dict, spec: dict, natural, weight_ranks: dict, join: str = "input") -> callable:
     """apply(params, x) of the widened network on x concatenated with z, computed without building
     the concatenation (the same function; tests/test_context.py compares them in float64):
       * an MLP's first layer: [x, z] @ w1 + b1 = x @ w1[:D] + (b1 + z @ w1[D:]), z's part a
@@ -141,8 +153,22 @@ def _folded(base: dict, spec: dict, natural, weight_ranks: dict) -> callable:
         pixel, z @ w[tap] summed over the 3x3 taps that fall inside the image (SAME zero padding
         pads z too), which is the convolution of one channel of ones with the kernel u[tap] =
         z @ w[tap]: the input becomes [x, 1] and the kernel [w[:C], u], instead of C + z_dim
-        channels (z_dim 128 made the first layer 130 times the work)."""
+        channels (z_dim 128 made the first layer 130 times the work).
+    With join "after_norm" the conv net gets z's interior contribution, u summed over the taps, as
+    the per-channel shift `nets.SHIFT1` after its first batch norm instead."""
     kind = base["kind"]
+    if kind == "conv4" and join == "after_norm":
+        c = base["channels"]
+        plain = nets.build(base)
+
+        def apply_after_norm(params: dict, x: tf.Tensor) -> tf.Tensor:
+            rest = {k: v for k, v in params.items() if k != "z"}
+            w_x, u, _, _ = _split_first_layer(params["conv1"], params["z"], c, 4)
+            rest = {**rest, "conv1": w_x, nets.SHIFT1: tf.reduce_sum(u, axis=[-3, -2])}
+            if base.get("impl", "batched") == "batched":
+                rest = _one_copy_per_task(rest, tf.shape(x)[0], weight_ranks)
+            return plain.apply(rest, natural(x))
+        return apply_after_norm
     if kind == "conv4":
         c = base["channels"]
         narrow = nets.build({**spec, "channels": c + 1})

@@ -31,6 +31,11 @@ BN_EPSILON = 1e-3
 # 5-way 5-shot step: 0.93 s as a map, 0.78-0.79 s as a loop, compile 6 s against 32 s)
 LOOP_MAX_TASKS = 32
 MAP_PARALLEL_TASKS = 2
+# conv4: an optional parameter "shift1" ([filters], or one per task) is added to the first block's
+# output after its batch norm, before the ReLU. No network of the paper has it; the context
+# vector's diagnostic variant (`maml_tf.context`, join "after_norm") passes z's contribution so,
+# where batch norm cannot subtract it.
+SHIFT1 = "shift1"
 
 
 class Model(NamedTuple):
@@ -255,7 +260,11 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
         h = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], image_size, image_size, channels])
         for i in range(1, 5):
             h = conv3x3(h, params[f"conv{i}"], params[f"b{i}"], stride=1 if max_pool else 2)
-            h = act(batch_norm(h, params[f"bn{i}"]))
+            h = batch_norm(h, params[f"bn{i}"])
+            if i == 1 and SHIFT1 in params:  # see SHIFT1
+                shift = params[SHIFT1]
+                h = h + (tf.reshape(shift, [-1, 1, 1, 1, filters]) if _per_task(shift, 1) else shift)
+            h = act(h)
             if max_pool:
                 h = max_pool2(h)
         if max_pool:
@@ -271,7 +280,10 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
         """One task's logits [N, n_out] from its images h [N, H, W, C] and parameters p."""
         for i in range(1, 5):
             h = tf.nn.bias_add(tf.nn.conv2d(h, p[f"conv{i}"], stride, "SAME"), p[f"b{i}"])
-            h = act(batch_norm_one_task(h, p[f"bn{i}"]))
+            h = batch_norm_one_task(h, p[f"bn{i}"])
+            if i == 1 and SHIFT1 in p:  # see SHIFT1
+                h = h + p[SHIFT1]
+            h = act(h)
             if max_pool:
                 h = tf.nn.max_pool2d(h, 2, 2, "VALID")
         h = tf.reshape(h, [-1, n_features]) if max_pool else tf.reduce_mean(h, axis=[1, 2])

@@ -220,7 +220,7 @@ def _score(run_dir: Path) -> tuple[float | None, str]:
     return None, "not trained yet"
 
 
-def batch_norm_note() -> str:
+def batch_norm_note(tested: bool = False) -> str:
     """How z meets the conv net's batch norm, measured (maml_tf.context.reach_through_batch_norm), to
     one decimal: float32 on another processor must not change the text (0.225 sits on a boundary)."""
     from maml_tf import context
@@ -235,7 +235,7 @@ def batch_norm_note() -> str:
             f"on average there and by {r['interior']:.1f} in the interior (mean |activation| "
             f"{r['activation']:.1f}; the initial network, `context.reach_through_batch_norm`). So z adapts the "
             "net only through a per-channel rescaling and the border, a possible reason for the pilots' low "
-            "accuracy that we have not tested. The paper does not say how its context vector met batch norm; "
+            f"accuracy{' that the diagnostic pilot below tests' if tested else ' that we have not tested'}. The paper does not say how its context vector met batch norm; "
             "we keep the network of the MAML row, as Appendix C states.")
 
 
@@ -258,6 +258,27 @@ PILOT_DECIDES = {"omniglot_5w1s_base": ("omniglot/conv_5w1s_context", "omniglot/
                  "cheetah_dir_base": ("rl/cheetah_dir/context",)}
 
 
+# pilot settings that choose nothing: each tests a why, against the setting it varies
+# (campaign.QUEUE says what each changes)
+DIAGNOSTICS = {"omniglot_5w1s_after_norm": (
+    "omniglot_5w1s_base", "z's shift added after the first batch norm instead of joining the input (not the "
+    "paper's model: a test of whether batch norm, which subtracts the shift, is why the Omniglot pilots score low)")}
+
+
+def diagnostic_lines(settings: dict) -> list[str]:
+    """What each diagnostic pilot found, against the same z_dim of the setting it varies."""
+    lines = []
+    for name, (against, what) in DIAGNOSTICS.items():
+        for z, c in sorted(settings.get(name, {}).get("candidates", {}).items()):
+            ref = settings.get(against, {}).get("candidates", {}).get(z)
+            if c["score"] is None or c["iterations"] < c["budget"] or not ref or ref["score"] is None:
+                continue
+            lines.append(f"- {name} (a diagnostic: {what}): z_dim {z}, {c['summary']}, against "
+                         f"{ref['summary']} for {against} at the same z_dim and budget "
+                         f"({c['score'] - ref['score']:+.1f}).")
+    return lines
+
+
 def context_pilot(args) -> int:
     """The context vector's size per setting, from the pilot runs of the campaign queue."""
     from reproduce import campaign
@@ -272,7 +293,8 @@ def context_pilot(args) -> int:
                                                "budget": r.budget(), "config": r.config, "sets": list(r.sets)}
     for setting, zs in settings.items():
         finished = {z: v for z, v in zs.items() if v["iterations"] >= v["budget"] and v["score"] is not None}
-        zs_choice = max(finished, key=lambda z: finished[z]["score"]) if len(finished) == len(zs) else None
+        zs_choice = max(finished, key=lambda z: finished[z]["score"]) \
+            if len(finished) == len(zs) and setting not in DIAGNOSTICS else None
         settings[setting] = {"candidates": zs, "chosen_z_dim": int(zs_choice) if zs_choice else None}
     out = {"experiment": "appendix/context_pilot", "settings": settings, "commit": records.commit(),
            "written": records.now(), "machine": records.machine()}
@@ -290,7 +312,7 @@ def context_pilot(args) -> int:
     for setting, v in settings.items():  # what the pilots say so far, in words
         scored = {int(z): c["score"] for z, c in v["candidates"].items() if c["score"] is not None
                   and c["iterations"] >= c["budget"]}
-        if len(scored) >= 2:
+        if len(scored) >= 2 and setting not in DIAGNOSTICS:
             best = max(scored, key=scored.get)
             edge = " (the largest size tried: a larger one may be better still)" if best == max(map(int, v["candidates"])) else ""
             decides = PILOT_DECIDES.get(setting)
@@ -301,6 +323,8 @@ def context_pilot(args) -> int:
                          f"within {spread:.1f} of each other.{role}")
     scales, based = [], []
     for setting, v in settings.items():
+        if setting in DIAGNOSTICS:   # one size: nothing to say about the scale across sizes
+            continue
         zs = sorted(map(int, v["candidates"]))
         first = v["candidates"][str(zs[0])]
         std = {z: input_weight_std(first["config"], z, first["sets"]) for z in (zs[0], zs[-1])}
@@ -317,7 +341,9 @@ def context_pilot(args) -> int:
                      "the base network's of the same seed (the MAML row's starting point) and z's rows of the first "
                      "layer at that layer's own scale, so with z at zero every z_dim starts as the same network and "
                      f"the pilots differ only in what z adds (input weights' std: {'; '.join(based)}).")
-    lines.append(batch_norm_note())
+    found = diagnostic_lines(settings)
+    lines.append(batch_norm_note(tested=bool(found)))
+    lines += found
     folder = args.results / "appendix"
     records.write_table(folder / "context_pilot.json", out, folder / "context_pilot.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -352,7 +378,9 @@ def context_tables(args) -> int:
         paper_maml = {1: "98.7 ± 0.4", 5: "99.9 ± 0.1"}[r["shot"]]
         lines.append(f"| {r['shot']} | {ours} | {c['iterations']} / 60000 | {c['paper_accuracy']} ± {c['paper_ci95']} "
                      f"| {mm} | {paper_maml} | {c['note']} |")
-    lines += ["", batch_norm_note()]
+    pilots = out_dir / "context_pilot.json"   # the diagnostic pilots' findings, as context_pilot.md states them
+    found = diagnostic_lines(json.loads(pilots.read_text())["settings"]) if pilots.exists() else []
+    lines += ["", batch_norm_note(tested=bool(found)), *found]
     rl = {}
     for env, title in (("point", "Table 4: 2D point navigation"), ("cheetah_dir", "Table 5: half-cheetah forward/backward")):
         path = args.results / "rl" / f"{env}.json"

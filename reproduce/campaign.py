@@ -137,7 +137,12 @@ QUEUE: list[Run] = [
           ("rl/cheetah_dir/context", "cheetah_dir_base", 20, ("model.init=base",), PILOT_Z + (512,)),
           # so Omniglot's too, since its context runs start as the MAML row's network as well
           ("omniglot/conv_5w1s_context", "omniglot_5w1s_base", 3000, ("train.val_every=1000", "model.init=base"),
-           PILOT_Z))
+           PILOT_Z),
+          # a diagnostic, not the paper's model: the chosen size with z's shift added after the
+          # first batch norm, which subtracts it when z joins the input; if batch norm is why the
+          # Omniglot pilots score low, this one scores far higher (reproduce.appendix DIAGNOSTICS)
+          ("omniglot/conv_5w1s_context", "omniglot_5w1s_after_norm", 3000,
+           ("train.val_every=1000", "model.init=base", "model.join=after_norm"), (8,)))
       for z in zs],
     _cell("omniglot/conv_5w5s", "omniglot_5w5s_conv"),
     # MLP 5-way 5-shot ended outside the paper's interval: two more seeds (about 1.5 core-hours

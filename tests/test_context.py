@@ -103,6 +103,53 @@ def test_a_channel_wise_context_is_a_constant_per_channel_inside_the_image_which
     assert r["border"] > 3 * r["interior"], r
 
 
+@pytest.mark.parametrize("impl", ["batched", "per_task"])
+def test_the_after_norm_diagnostic_adds_zs_interior_shift_after_the_first_batch_norm(impl):
+    """join "after_norm" (not the paper's model, a test of why the Omniglot pilots are low): the
+    image through the base network's first convolution and batch norm, then z @ (the first kernel's
+    z rows summed over the taps) added per channel before the ReLU, the rest as the base network;
+    with shared and per-task z, in float64, second-order meta-gradient included; only z adapts.
+    Unlike the input join, z then moves the first block's output in the interior as much as at
+    the border."""
+    base = {"kind": "conv4", "n_out": 3, "channels": 1, "filters": 5, "image_size": 12, "max_pool": False,
+            "impl": impl}
+    z_dim, tasks, c = 4, 3, 1
+    model = context.context(base, z_dim, init="base", join="after_norm")
+    rng = np.random.default_rng(2)
+    params = {k: tf.constant(v.numpy() + rng.normal(scale=0.1, size=v.shape), tf.float64)
+              for k, v in model.init(0).items()}
+    assert model.frozen == frozenset(params) - {"z"}
+
+    def reference(p, x):
+        h = tf.reshape(x, [tasks, -1, 12, 12, c])
+        w = p["conv1"]
+        shift = tf.einsum("hwzf,tz->tf" if p["z"].shape.rank == 2 else "hwzf,z->f", w[..., c:, :], p["z"])
+        h = nets.conv3x3(h, w[..., :c, :], p["b1"], 2)
+        h = nets.batch_norm(h, p["bn1"]) + (shift[:, None, None, None] if shift.shape.rank == 2 else shift)
+        h = tf.nn.relu(h)
+        for i in range(2, 5):
+            h = tf.nn.relu(nets.batch_norm(nets.conv3x3(h, p[f"conv{i}"], p[f"b{i}"], 2), p[f"bn{i}"]))
+        return nets.dense(tf.reduce_mean(h, axis=[2, 3]), p["w5"], p["b5"])
+
+    x = tf.constant(rng.normal(size=(tasks, 6, 12, 12, c)), tf.float64)
+    per_task_z = {**params, "z": tf.constant(rng.normal(size=(tasks, z_dim)), tf.float64)}
+    for p in (params, per_task_z):
+        np.testing.assert_allclose(model.apply(p, x).numpy(), reference(p, x).numpy(), rtol=1e-10, atol=1e-12)
+    ys = tf.constant(rng.normal(size=(tasks, 6, 3)), tf.float64)
+    batch = TB({"xs": x, "ys": ys, "xq": x * 0.5, "yq": ys})
+    fast = maml.adapt(model, params, x, ys, maml.mse, steps=1, alpha=0.1)
+    assert all(fast[k] is params[k] for k in params if k != "z") and fast["z"].shape == (tasks, z_dim)
+    _, g = maml.meta_gradient(model, params, batch, maml.mse, 2, 0.1)
+    _, g_ref = maml.meta_gradient(model._replace(apply=reference), params, batch, maml.mse, 2, 0.1)
+    for k in params:
+        np.testing.assert_allclose(g["params"][k].numpy(), g_ref["params"][k].numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=k)
+    with pytest.raises(context.ConfigError, match="conv4"):
+        context.context({"kind": "mlp", "sizes": [2, 8, 1]}, 3, join="after_norm")
+    with pytest.raises(context.ConfigError, match="model.join"):
+        context.context(base, 3, join="output")
+
+
 def test_a_policy_with_a_context_vector_sees_it_at_every_time_step():
     policy = context.context({"kind": "gaussian_mlp", "hidden": [8]}, z_dim=2, obs_dim=3, act_dim=2)
     p = policy.init(1)
@@ -142,6 +189,23 @@ def test_z_counts_in_the_first_layers_fan_in_so_the_input_weights_start_smaller(
         # the half-cheetah run's own config (model.init: base) starts as the MAML policy: the same std
         base = math.sqrt(6.0 / (obs_dim + 100)) / math.sqrt(3.0)
         assert abs(appendix.input_weight_std("rl/cheetah_dir/context", z) / base - 1) < 0.05
+
+
+def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_finished():
+    from reproduce import appendix, campaign
+    name, (against, _) = next(iter(appendix.DIAGNOSTICS.items()))
+    run = [r for r in campaign.QUEUE if r.dir.endswith(f"/{name}_z8")]
+    base = [r for r in campaign.QUEUE if r.dir.endswith(f"/{against}_z8")]
+    # the same pilot as the one it is compared with, but for where z joins
+    assert len(run) == len(base) == 1 and run[0].iterations == base[0].iterations
+    assert set(run[0].sets) == set(base[0].sets) | {"model.join=after_norm"}
+    c = lambda score, it: {"score": score, "summary": f"best meta-validation accuracy {score}%", "iterations": it,
+                           "budget": 3000}
+    settings = {against: {"candidates": {"8": c(50.9, 3000)}}, name: {"candidates": {"8": c(80.0, 2000)}}}
+    assert appendix.diagnostic_lines(settings) == []   # not finished: nothing said yet
+    settings[name]["candidates"]["8"] = c(80.0, 3000)
+    (line,) = appendix.diagnostic_lines(settings)
+    assert "80.0%" in line and "50.9%" in line and "(+29.1)" in line
 
 
 def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradients():
