@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -259,23 +260,36 @@ PILOT_DECIDES = {"omniglot_5w1s_base": ("omniglot/conv_5w1s_context", "omniglot/
 
 
 # pilot settings that choose nothing: each tests a why, against the setting it varies
-# (campaign.QUEUE says what each changes)
+# (campaign.QUEUE says what each changes): what it is, then what a score above the other's says,
+# and what one that is not above says
 DIAGNOSTICS = {"omniglot_5w1s_after_norm": (
-    "omniglot_5w1s_base", "z's shift added after the first batch norm instead of joining the input (not the "
-    "paper's model: a test of whether batch norm, which subtracts the shift, is why the Omniglot pilots score low)")}
+    "omniglot_5w1s_base",
+    "z's shift added after the first batch norm instead of joining the input (not the paper's model: a test of "
+    "whether batch norm, which subtracts the shift, is why the Omniglot pilots score low)",
+    "passed around batch norm, z adapts the net better: batch norm's subtraction holds the pilots back",
+    "passed around batch norm, z does no better: batch norm's subtraction is not what holds the pilots back at "
+    "this budget")}
 
 
 def diagnostic_lines(settings: dict) -> list[str]:
-    """What each diagnostic pilot found, against the same z_dim of the setting it varies."""
+    """What each diagnostic pilot found, against the same z_dim of the setting it varies: the two
+    best meta-validation accuracies, their difference, and whether it exceeds 1.96 standard errors
+    of a difference of two accuracies over the pilots' meta-validation tasks (each task counted as
+    one trial: wider than the queries' own spread)."""
     lines = []
-    for name, (against, what) in DIAGNOSTICS.items():
+    for name, (against, what, higher, not_higher) in DIAGNOSTICS.items():
         for z, c in sorted(settings.get(name, {}).get("candidates", {}).items()):
             ref = settings.get(against, {}).get("candidates", {}).get(z)
             if c["score"] is None or c["iterations"] < c["budget"] or not ref or ref["score"] is None:
                 continue
+            n = common.load(c["config"], sets=c["sets"]).train.val_tasks
+            p, q = c["score"] / 100, ref["score"] / 100
+            margin = 196 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+            diff = c["score"] - ref["score"]
+            verdict = higher if diff > margin else not_higher
             lines.append(f"- {name} (a diagnostic: {what}): z_dim {z}, {c['summary']}, against "
-                         f"{ref['summary']} for {against} at the same z_dim and budget "
-                         f"({c['score'] - ref['score']:+.1f}).")
+                         f"{ref['summary']} for {against} at the same z_dim and budget ({diff:+.1f}; "
+                         f"1.96 standard errors over {n} tasks: {margin:.1f}). So {verdict}.")
     return lines
 
 

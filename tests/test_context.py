@@ -193,19 +193,26 @@ def test_z_counts_in_the_first_layers_fan_in_so_the_input_weights_start_smaller(
 
 def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_finished():
     from reproduce import appendix, campaign
-    name, (against, _) = next(iter(appendix.DIAGNOSTICS.items()))
+    name, (against, *_) = next(iter(appendix.DIAGNOSTICS.items()))
     run = [r for r in campaign.QUEUE if r.dir.endswith(f"/{name}_z8")]
     base = [r for r in campaign.QUEUE if r.dir.endswith(f"/{against}_z8")]
     # the same pilot as the one it is compared with, but for where z joins
     assert len(run) == len(base) == 1 and run[0].iterations == base[0].iterations
     assert set(run[0].sets) == set(base[0].sets) | {"model.join=after_norm"}
-    c = lambda score, it: {"score": score, "summary": f"best meta-validation accuracy {score}%", "iterations": it,
-                           "budget": 3000}
-    settings = {against: {"candidates": {"8": c(50.9, 3000)}}, name: {"candidates": {"8": c(80.0, 2000)}}}
+    c = lambda score, it, r: {"score": score, "summary": f"best meta-validation accuracy {score}%", "iterations": it,
+                              "budget": 3000, "config": r.config, "sets": list(r.sets)}
+    settings = {against: {"candidates": {"8": c(50.9, 3000, base[0])}},
+                name: {"candidates": {"8": c(80.0, 2000, run[0])}}}
     assert appendix.diagnostic_lines(settings) == []   # not finished: nothing said yet
-    settings[name]["candidates"]["8"] = c(80.0, 3000)
+    settings[name]["candidates"]["8"] = c(80.0, 3000, run[0])
     (line,) = appendix.diagnostic_lines(settings)
-    assert "80.0%" in line and "50.9%" in line and "(+29.1)" in line
+    # 300 meta-validation tasks: 1.96 * sqrt((0.8 * 0.2 + 0.509 * 0.491) / 300) = 7.2 points
+    assert "80.0%" in line and "50.9%" in line and "+29.1; 1.96 standard errors over 300 tasks: 7.2" in line
+    assert "holds the pilots back." in line and "not what" not in line
+    for score in (54.0, 40.0):   # within the margin, and below
+        settings[name]["candidates"]["8"] = c(score, 3000, run[0])
+        (line,) = appendix.diagnostic_lines(settings)
+        assert "is not what holds the pilots back" in line
 
 
 def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradients():
