@@ -53,9 +53,13 @@ def concat_context(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
 
 INITS = ("widened", "base")
 # where z meets the conv net: "input", as Appendix C states (channel-wise, broadcast over the
-# pixels), or "after_norm", a diagnostic that is not the paper's model: the same parameters, but z's
-# contribution in the interior of the image (z @ the first kernel's z rows, summed over the taps) is
-# added after the first batch norm, which would otherwise subtract it (`reach_through_batch_norm`)
+# pixels), or "after_norm", a diagnostic that is not the paper's model: z @ z_proj, a [z_dim,
+# filters] matrix of its own, is added to the first block after its batch norm, which would subtract
+# z's shift when z joins the input (`reach_through_batch_norm`). z_proj starts as the sum over the
+# 3x3 taps of the input join's z rows: at the start, z @ z_proj is the shift that z adds inside the
+# image (before batch norm) when it joins the input. A matrix of its own, not the nine taps' sum:
+# the taps would get one gradient each, and Adam would move their sum at nine times its per-weight
+# rate
 JOINS = ("input", "after_norm")
 Z_SEED_OFFSET = 1_000_003  # init "base": z's first-layer rows are drawn with seed + this
 
@@ -93,7 +97,7 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
     plain = nets.build(base)
     shapes = {k: v.shape for k, v in plain.init(0).items()}   # the base parameters' names and shapes
     # the weights (matrices and kernels) that the folded net copies per task
-    folded = _folded(base, spec, natural, {k: s.rank for k, s in shapes.items() if s.rank >= 2}, join)
+    folded = _folded(base, spec, natural, {k: s.rank for k, s in shapes.items() if s.rank >= 2})
     first, d = ("conv1", base["channels"]) if base["kind"] == "conv4" else \
         ("w1", base["sizes"][0] if base["kind"] == "mlp" else base["obs_dim"])
     scale = math.sqrt(_glorot_fans(spec) / _glorot_fans(base))  # the base layer's scale / the widened one's
@@ -108,7 +112,31 @@ def context(base: dict, z_dim: int, obs_dim: int | None = None, act_dim: int | N
         z_rows = inner.init(seed + Z_SEED_OFFSET)[first][..., d:, :] * scale
         return {**own, first: tf.concat([own[first], z_rows], axis=-2), "z": tf.zeros([z_dim])}
 
+    if join == "after_norm":
+        return _after_norm(base, plain, init_params, shapes, natural)
     return inner._replace(init=init_params, apply=folded, frozen=frozenset(shapes))
+
+
+def _after_norm(base: dict, plain: nets.Model, input_init, shapes: dict, natural) -> nets.Model:
+    """The "after_norm" diagnostic (JOINS): the base conv net's parameters, z and z_proj; z @ z_proj
+    is the per-channel shift `nets.SHIFT1` after the first batch norm. Everything but z is frozen."""
+    c = base["channels"]
+    ranks = {k: s.rank for k, s in shapes.items() if s.rank >= 2}
+
+    def init(seed: int) -> dict:
+        p = input_init(seed)
+        w = p["conv1"]
+        return {**p, "conv1": w[..., :c, :], "z_proj": tf.reduce_sum(w[..., c:, :], axis=[0, 1])}
+
+    def apply(params: dict, x: tf.Tensor) -> tf.Tensor:
+        z = tf.cast(params["z"], params["z_proj"].dtype)
+        rest = {k: v for k, v in params.items() if k not in ("z", "z_proj")}
+        rest[nets.SHIFT1] = tf.tensordot(z, params["z_proj"], 1)   # [filters], or [T, filters] per task
+        if base.get("impl", "batched") == "batched":
+            rest = _one_copy_per_task(rest, tf.shape(x)[0], ranks)
+        return plain.apply(rest, natural(x))
+
+    return plain._replace(init=init, apply=apply, frozen=frozenset(shapes) | {"z_proj"})
 
 
 def _glorot_fans(spec: dict) -> int:
@@ -144,7 +172,7 @@ def _one_copy_per_task(params: dict, n_tasks, ranks: dict) -> dict:
             if k in ranks and v.shape.rank == ranks[k] else v for k, v in params.items()}
 
 
-def _folded(base: dict, spec: dict, natural, weight_ranks: dict, join: str = "input") -> callable:
+def _folded(base: dict, spec: dict, natural, weight_ranks: dict) -> callable:
     """apply(params, x) of the widened network on x concatenated with z, computed without building
     the concatenation (the same function; tests/test_context.py compares them in float64):
       * an MLP's first layer: [x, z] @ w1 + b1 = x @ w1[:D] + (b1 + z @ w1[D:]), z's part a
@@ -153,22 +181,8 @@ def _folded(base: dict, spec: dict, natural, weight_ranks: dict, join: str = "in
         pixel, z @ w[tap] summed over the 3x3 taps that fall inside the image (SAME zero padding
         pads z too), which is the convolution of one channel of ones with the kernel u[tap] =
         z @ w[tap]: the input becomes [x, 1] and the kernel [w[:C], u], instead of C + z_dim
-        channels (z_dim 128 made the first layer 130 times the work).
-    With join "after_norm" the conv net gets z's interior contribution, u summed over the taps, as
-    the per-channel shift `nets.SHIFT1` after its first batch norm instead."""
+        channels (z_dim 128 made the first layer 130 times the work)."""
     kind = base["kind"]
-    if kind == "conv4" and join == "after_norm":
-        c = base["channels"]
-        plain = nets.build(base)
-
-        def apply_after_norm(params: dict, x: tf.Tensor) -> tf.Tensor:
-            rest = {k: v for k, v in params.items() if k != "z"}
-            w_x, u, _, _ = _split_first_layer(params["conv1"], params["z"], c, 4)
-            rest = {**rest, "conv1": w_x, nets.SHIFT1: tf.reduce_sum(u, axis=[-3, -2])}
-            if base.get("impl", "batched") == "batched":
-                rest = _one_copy_per_task(rest, tf.shape(x)[0], weight_ranks)
-            return plain.apply(rest, natural(x))
-        return apply_after_norm
     if kind == "conv4":
         c = base["channels"]
         narrow = nets.build({**spec, "channels": c + 1})

@@ -221,6 +221,13 @@ def _score(run_dir: Path) -> tuple[float | None, str]:
     return None, "not trained yet"
 
 
+def _val_curve(run_dir: Path) -> list:
+    """[[iteration, meta-validation accuracy %], ...] of a classification run (empty for RL)."""
+    from reproduce.campaign import _jsonl
+    return [[r["step"], round(100 * r["val_accuracy"], 2)] for r in _jsonl(run_dir / "metrics.jsonl")
+            if "val_accuracy" in r]
+
+
 def batch_norm_note(tested: bool = False) -> str:
     """How z meets the conv net's batch norm, measured (maml_tf.context.reach_through_batch_norm), to
     one decimal: float32 on another processor must not change the text (0.225 sits on a boundary)."""
@@ -259,37 +266,52 @@ PILOT_DECIDES = {"omniglot_5w1s_base": ("omniglot/conv_5w1s_context", "omniglot/
                  "cheetah_dir_base": ("rl/cheetah_dir/context",)}
 
 
-# pilot settings that choose nothing: each tests a why, against the setting it varies
-# (campaign.QUEUE says what each changes): what it is, then what a score above the other's says,
-# and what one that is not above says
+# pilot settings that choose nothing: each tests a why against the setting it varies (campaign.QUEUE
+# says what each changes): that setting, what the diagnostic is, and what a best score above,
+# within or below the other's (by the margin of evaluation noise) says
 DIAGNOSTICS = {"omniglot_5w1s_after_norm": (
     "omniglot_5w1s_base",
-    "z's shift added after the first batch norm instead of joining the input (not the paper's model: a test of "
-    "whether batch norm, which subtracts the shift, is why the Omniglot pilots score low)",
-    "passed around batch norm, z adapts the net better: batch norm's subtraction holds the pilots back",
-    "passed around batch norm, z does no better: batch norm's subtraction is not what holds the pilots back at "
-    "this budget")}
+    "z's shift added after the first batch norm (`model.join: after_norm`, its own z_dim x filters matrix) "
+    "instead of z joining the input, to test whether batch norm, which subtracts the shift, holds the Omniglot "
+    "pilots back",
+    {"above": "Passed around batch norm, z adapts the net better: batch norm's subtraction is at least part of "
+              "what holds the pilots back.",
+     "within": "Passed around batch norm, z does no better at this budget: batch norm's subtraction is not what "
+               "holds the pilots back (one training seed each).",
+     "below": "Passed around batch norm, z trained worse at this budget, which does not settle whether batch "
+              "norm holds the pilots back (one training seed each)."})}
+
+
+def _curve(c: dict) -> str:
+    return " / ".join(f"{a:.1f}" for _, a in c.get("curve", [])) + "% at iterations " + \
+        " / ".join(str(s) for s, _ in c.get("curve", []))
 
 
 def diagnostic_lines(settings: dict) -> list[str]:
-    """What each diagnostic pilot found, against the same z_dim of the setting it varies: the two
-    best meta-validation accuracies, their difference, and whether it exceeds 1.96 standard errors
-    of a difference of two accuracies over the pilots' meta-validation tasks (each task counted as
-    one trial: wider than the queries' own spread)."""
+    """What each diagnostic pilot found, against the same z_dim of the setting it varies: both
+    meta-validation curves, the difference of their best accuracies, and whether it exceeds 1.96
+    standard errors of a difference of two accuracies over the meta-validation tasks (each task
+    one trial, wider than the queries' own spread). That margin is evaluation noise only: one
+    training seed each, the best of a few checkpoints, the same validation tasks."""
     lines = []
-    for name, (against, what, higher, not_higher) in DIAGNOSTICS.items():
+    for name, (against, what, verdicts) in DIAGNOSTICS.items():
         for z, c in sorted(settings.get(name, {}).get("candidates", {}).items()):
             ref = settings.get(against, {}).get("candidates", {}).get(z)
             if c["score"] is None or c["iterations"] < c["budget"] or not ref or ref["score"] is None:
                 continue
-            n = common.load(c["config"], sets=c["sets"]).train.val_tasks
+            cfgs = [common.load(r["config"], sets=r["sets"]) for r in (c, ref)]
+            n, n_ref = (cfg.train.val_tasks for cfg in cfgs)
+            if n != n_ref:
+                raise ValueError(f"{name} and {against} validate on {n} and {n_ref} tasks: not comparable")
             p, q = c["score"] / 100, ref["score"] / 100
             margin = 196 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
             diff = c["score"] - ref["score"]
-            verdict = higher if diff > margin else not_higher
-            lines.append(f"- {name} (a diagnostic: {what}): z_dim {z}, {c['summary']}, against "
-                         f"{ref['summary']} for {against} at the same z_dim and budget ({diff:+.1f}; "
-                         f"1.96 standard errors over {n} tasks: {margin:.1f}). So {verdict}.")
+            side = "above" if diff > margin else "below" if diff < -margin else "within"
+            lines.append(f"- Diagnostic (not the paper's model), {name}: z_dim {z}, {what}. Meta-validation accuracy "
+                         f"{_curve(c)}, against {_curve(ref)} for {against} (the same z_dim, budget and "
+                         f"validation tasks; chance {100 / cfgs[0].task['way']:.0f}%). Best {diff:+.1f} points; "
+                         f"evaluation noise alone allows ±{margin:.1f} (1.96 standard errors over {n} tasks). "
+                         f"{verdicts[side]}")
     return lines
 
 
@@ -304,7 +326,8 @@ def context_pilot(args) -> int:
         score, text = _score(d)
         done = campaign.done_iterations(d)
         settings.setdefault(setting, {})[z] = {"score": score, "summary": text, "iterations": done,
-                                               "budget": r.budget(), "config": r.config, "sets": list(r.sets)}
+                                               "budget": r.budget(), "config": r.config, "sets": list(r.sets),
+                                               "curve": _val_curve(d)}
     for setting, zs in settings.items():
         finished = {z: v for z, v in zs.items() if v["iterations"] >= v["budget"] and v["score"] is not None}
         zs_choice = max(finished, key=lambda z: finished[z]["score"]) \
@@ -320,7 +343,8 @@ def context_pilot(args) -> int:
              "| setting | z_dim | iterations | score | chosen |", "|---|---|---|---|---|"]
     for setting, v in settings.items():
         for z, c in sorted(v["candidates"].items(), key=lambda kv: int(kv[0])):
-            chosen = "**yes**" if v["chosen_z_dim"] == int(z) else ""
+            chosen = "**yes**" if v["chosen_z_dim"] == int(z) else "(a diagnostic: chooses nothing)" \
+                if setting in DIAGNOSTICS else ""
             lines.append(f"| {setting} | {z} | {c['iterations']} / {c['budget']} | {c['summary']} | {chosen} |")
     lines.append("")
     for setting, v in settings.items():  # what the pilots say so far, in words

@@ -106,25 +106,28 @@ def test_a_channel_wise_context_is_a_constant_per_channel_inside_the_image_which
 @pytest.mark.parametrize("impl", ["batched", "per_task"])
 def test_the_after_norm_diagnostic_adds_zs_interior_shift_after_the_first_batch_norm(impl):
     """join "after_norm" (not the paper's model, a test of why the Omniglot pilots are low): the
-    image through the base network's first convolution and batch norm, then z @ (the first kernel's
-    z rows summed over the taps) added per channel before the ReLU, the rest as the base network;
-    with shared and per-task z, in float64, second-order meta-gradient included; only z adapts.
-    Unlike the input join, z then moves the first block's output in the interior as much as at
-    the border."""
+    image through the base network's first convolution and batch norm, then z @ z_proj added per
+    channel before the ReLU, the rest as the base network; with shared and per-task z, in float64,
+    second-order meta-gradient included; only z adapts. z_proj starts as the input join's z rows
+    summed over the 3x3 taps."""
     base = {"kind": "conv4", "n_out": 3, "channels": 1, "filters": 5, "image_size": 12, "max_pool": False,
             "impl": impl}
     z_dim, tasks, c = 4, 3, 1
     model = context.context(base, z_dim, init="base", join="after_norm")
     rng = np.random.default_rng(2)
+    start = model.init(0)
+    joined = context.context(base, z_dim, init="base").init(0)
+    assert set(start) == set(joined) | {"z_proj"}
+    np.testing.assert_allclose(start["z_proj"].numpy(), joined["conv1"].numpy()[:, :, c:].sum((0, 1)), rtol=1e-6)
+    np.testing.assert_array_equal(start["conv1"].numpy(), joined["conv1"].numpy()[:, :, :c])
     params = {k: tf.constant(v.numpy() + rng.normal(scale=0.1, size=v.shape), tf.float64)
-              for k, v in model.init(0).items()}
+              for k, v in start.items()}
     assert model.frozen == frozenset(params) - {"z"}
 
     def reference(p, x):
         h = tf.reshape(x, [tasks, -1, 12, 12, c])
-        w = p["conv1"]
-        shift = tf.einsum("hwzf,tz->tf" if p["z"].shape.rank == 2 else "hwzf,z->f", w[..., c:, :], p["z"])
-        h = nets.conv3x3(h, w[..., :c, :], p["b1"], 2)
+        shift = tf.einsum("zf,tz->tf" if p["z"].shape.rank == 2 else "zf,z->f", p["z_proj"], p["z"])
+        h = nets.conv3x3(h, p["conv1"], p["b1"], 2)
         h = nets.batch_norm(h, p["bn1"]) + (shift[:, None, None, None] if shift.shape.rank == 2 else shift)
         h = tf.nn.relu(h)
         for i in range(2, 5):
@@ -200,19 +203,22 @@ def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_
     assert len(run) == len(base) == 1 and run[0].iterations == base[0].iterations
     assert set(run[0].sets) == set(base[0].sets) | {"model.join=after_norm"}
     c = lambda score, it, r: {"score": score, "summary": f"best meta-validation accuracy {score}%", "iterations": it,
-                              "budget": 3000, "config": r.config, "sets": list(r.sets)}
+                              "budget": 3000, "config": r.config, "sets": list(r.sets),
+                              "curve": [[1000, 20.0], [3000, score]]}
     settings = {against: {"candidates": {"8": c(50.9, 3000, base[0])}},
                 name: {"candidates": {"8": c(80.0, 2000, run[0])}}}
     assert appendix.diagnostic_lines(settings) == []   # not finished: nothing said yet
     settings[name]["candidates"]["8"] = c(80.0, 3000, run[0])
     (line,) = appendix.diagnostic_lines(settings)
     # 300 meta-validation tasks: 1.96 * sqrt((0.8 * 0.2 + 0.509 * 0.491) / 300) = 7.2 points
-    assert "80.0%" in line and "50.9%" in line and "+29.1; 1.96 standard errors over 300 tasks: 7.2" in line
-    assert "holds the pilots back." in line and "not what" not in line
-    for score in (54.0, 40.0):   # within the margin, and below
+    assert "20.0 / 80.0% at iterations 1000 / 3000, against 20.0 / 50.9%" in line and "chance 20%" in line
+    assert "Best +29.1 points; evaluation noise alone allows ±7.2" in line
+    verdicts = next(iter(appendix.DIAGNOSTICS.values()))[2]
+    assert line.endswith(verdicts["above"])
+    for score, side in ((54.0, "within"), (40.0, "below")):
         settings[name]["candidates"]["8"] = c(score, 3000, run[0])
         (line,) = appendix.diagnostic_lines(settings)
-        assert "is not what holds the pilots back" in line
+        assert line.endswith(verdicts[side]), (score, line)
 
 
 def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradients():
