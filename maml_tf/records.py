@@ -71,6 +71,23 @@ def write_text(path: str | Path, text: str) -> bool:
     return True
 
 
+def write_figure(fig, path: str | Path, dpi: int = 110) -> bool:
+    """Save a matplotlib figure as PNG atomically, unless the file already holds those bytes (an
+    unchanged figure leaves git clean, and its file untouched); whether it wrote."""
+    import io
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    data = buf.getvalue()
+    if path.exists() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return True
+
+
 # provenance (which commit evaluated a result, when, where) and what is derived from the results
 # with noise of its own: the findings' text, and the returns of the step sizes a baseline's tuning
 # rejected (some of them diverge, and a diverging rollout amplifies float rounding)

@@ -269,7 +269,7 @@ def figures(results_dir: Path) -> list[Path]:
         fig.suptitle(title, fontsize=10)
         rows = -(-len(handles) // ncol)
         fig.tight_layout(rect=(0, (0.1 + 0.22 * rows) / fig.get_size_inches()[1], 1, 1))
-        fig.savefig(results_dir / name, dpi=110)
+        records.write_figure(fig, results_dir / name)
         plt.close(fig)
         written.append(results_dir / name)
     return written
@@ -314,7 +314,7 @@ def figure_point_paths(args, metrics: dict, path: Path, steps=(0, 1, 3)) -> Path
         ax.legend(fontsize=7)
     fig.suptitle("Figure 4, bottom (ours): paths on one test goal", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    records.write_figure(fig, path)
     plt.close(fig)
     return path
 

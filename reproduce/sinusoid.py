@@ -157,7 +157,7 @@ def figure_fits(learners, cfgs, metrics, path, n_tasks: int, seed: int, half: bo
     # one legend for all panels, below them, where it covers no data
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.35 / fig.get_size_inches()[1], 1, 1))
-    fig.savefig(path, dpi=110)
+    records.write_figure(fig, path)
     plt.close(fig)
 
 
@@ -188,7 +188,7 @@ def figure_curves(metrics, path, shots, title):
                frameon=False)  # below the panels: it covers no curve
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.3 / fig.get_size_inches()[1], 1, 1))
-    fig.savefig(path, dpi=110)
+    records.write_figure(fig, path)
     plt.close(fig)
 
 
