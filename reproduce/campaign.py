@@ -16,7 +16,10 @@ core-hours still needed.
 The workers run from a snapshot of the last commit (a git worktree in .campaign/, made by the
 campaign): editing the code while the campaign runs changes nothing it runs, and every checkpoint
 records the commit that trained it. Uncommitted changes are not part of the snapshot (the campaign
-says so). Run directories stay in results/ of this checkout; a run directory is locked by the
+says so). The reports at the end run from a snapshot of the last commit at that time, so that
+tables and findings come from the newest committed generators, not from those of the commit the
+workers started from (the campaign's own table, results/campaign.md, is still written by the
+campaign process, from its queue). Run directories stay in results/ of this checkout; a run directory is locked by the
 process training it, so a run started by hand is skipped, not trained twice.
 """
 from __future__ import annotations
@@ -594,6 +597,11 @@ def main(argv=None) -> int:
     c = Campaign(QUEUE, results, args.hours, args.cores, args.report_minutes, cwd=cwd,
                  logs=ROOT / "logs" / "campaign", log=lambda m: print(m, file=sys.stderr, flush=True))
     c.train()
+    if not args.here:  # the reports: the last commit now (commits made while the workers trained)
+        fresh = snapshot()
+        if fresh != cwd:
+            print(f"campaign: the reports run the last commit, from {fresh}", file=sys.stderr)
+        c.cwd = fresh
     c.report(threads=args.cores)
     print(write_table(QUEUE, results, notes=c.notes))
     return 0

@@ -1,6 +1,7 @@
 """The campaign runner: it trains the queue in order, stops cleanly at its deadline, skips a run
 that another process trains, and reports where every run stands."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -243,3 +244,28 @@ def test_rl_seed_runs_are_evaluated_and_shown_beside_the_main_run(tmp_path):
     summary["seeds"]["maml"] = [{"seed": 2, "error": "DataLossError: truncated"}]
     (out / "point.json").write_text(json.dumps(summary))
     assert "| maml | 2 | not evaluated: DataLossError: truncated |" in rl_repro.table(out, ["point"])
+
+
+def test_the_reports_run_from_a_snapshot_of_the_last_commit_at_report_time(tmp_path, monkeypatch):
+    """Commits made while the workers train (new report generators) are what the reports run;
+    the workers keep the snapshot they started from."""
+    trees = iter([tmp_path / "started", tmp_path / "at_report"])
+    monkeypatch.setattr(campaign, "snapshot", lambda: next(trees))
+    seen = {}
+    monkeypatch.setattr(campaign.Campaign, "train", lambda self: seen.setdefault("train", self.cwd))
+    monkeypatch.setattr(campaign.Campaign, "report", lambda self, threads: seen.setdefault("report", self.cwd))
+    assert campaign.main(["--hours", "0.01", "--cores", "1", "--results", str(tmp_path / "results")]) == 0
+    assert seen == {"train": tmp_path / "started", "report": tmp_path / "at_report"}
+
+
+def test_a_snapshot_follows_head_and_keeps_the_tree_a_campaign_still_holds(tmp_path):
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "one")
+    first = campaign.snapshot(tmp_path)
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "two")
+    second = campaign.snapshot(tmp_path)
+    head = git("rev-parse", "HEAD").strip()
+    assert second != first and second.name == head[:12] and (second / ".git").exists()
+    assert first.exists()   # this process still holds it: not removed under a running campaign
+    assert campaign.snapshot(tmp_path) == second   # reused while HEAD stays
