@@ -413,6 +413,8 @@ def context_tables(args) -> int:
         c, m = r["context"], r["maml"]
         ours = f"{c['accuracy']:.2f} ± {c['ci95']:.2f}" if c.get("accuracy") is not None else "-"
         mm = f"{m['accuracy']:.2f} ± {m['ci95']:.2f}" if m.get("accuracy") is not None else "-"
+        if m.get("accuracy") is not None and m.get("status") != "full":
+            mm += f" (PARTIAL: {m.get('iterations')} iterations)"
         paper_maml = {1: "98.7 ± 0.4", 5: "99.9 ± 0.1"}[r["shot"]]
         lines.append(f"| {r['shot']} | {ours} | {c['iterations']} / 60000 | {c['paper_accuracy']} ± {c['paper_ci95']} "
                      f"| {mm} | {paper_maml} | {c['note']} |")

@@ -279,3 +279,17 @@ def test_a_run_saved_before_model_init_existed_resumes_as_widened_and_refuses_ba
     assert runs.check_resume(tmp_path, common.load("omniglot/conv_5w1s_context", sets=["model.init=widened"])) == {}
     with pytest.raises(TrainingError, match="model.init"):
         runs.check_resume(tmp_path, common.load("omniglot/conv_5w1s_context", sets=["model.init=base"]))
+
+
+def test_table3_labels_a_partial_maml_row(tmp_path):
+    """Table 3's MAML column comes from Table 1; a cell still training says so beside its number."""
+    import json
+    from reproduce import appendix
+    row = lambda shot, acc, it, status: {"dataset": "omniglot", "way": 5, "shot": shot, "model": "conv",
+                                         "order": "second", "accuracy": acc, "ci95": 0.1, "iterations": it,
+                                         "status": status}
+    (tmp_path / "table1.json").write_text(json.dumps([row(1, 99.03, 60000, "full"), row(5, 99.52, 26668, "partial")]))
+    assert appendix.main(["context", "--results", str(tmp_path), "--quiet"]) == 0
+    text = (tmp_path / "appendix" / "context.md").read_text()
+    assert "| 99.03 ± 0.10 | 98.7 ± 0.4 |" in text
+    assert "| 99.52 ± 0.10 (PARTIAL: 26668 iterations) | 99.9 ± 0.1 |" in text
