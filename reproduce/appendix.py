@@ -243,7 +243,8 @@ def batch_norm_note(tested: bool = False) -> str:
             f"on average there and by {r['interior']:.1f} in the interior (mean |activation| "
             f"{r['activation']:.1f}; the initial network, `context.reach_through_batch_norm`). So z adapts the "
             "net only through a per-channel rescaling and the border, a possible reason for the pilots' low "
-            f"accuracy{' that the diagnostic pilot below tests' if tested else ' that we have not tested'}. The paper does not say how its context vector met batch norm; "
+            f"accuracy{' that the diagnostic pilot below tests' if tested else ' that we have not tested'}. "
+            "The paper does not say how its context vector met batch norm; "
             "we keep the network of the MAML row, as Appendix C states.")
 
 

@@ -19,8 +19,9 @@ records the commit that trained it. Uncommitted changes are not part of the snap
 says so). The reports at the end run from a snapshot of the last commit at that time, so that
 tables and findings come from the newest committed generators, not from those of the commit the
 workers started from (the campaign's own table, results/campaign.md, is still written by the
-campaign process, from its queue). Run directories stay in results/ of this checkout; a run directory is locked by the
-process training it, so a run started by hand is skipped, not trained twice.
+campaign process, from its queue). Run directories stay in results/ of this checkout; a run
+directory is locked by the process training it, so a run started by hand is skipped, not trained
+twice.
 """
 from __future__ import annotations
 
