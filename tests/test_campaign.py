@@ -269,3 +269,19 @@ def test_a_snapshot_follows_head_and_keeps_the_tree_a_campaign_still_holds(tmp_p
     assert second != first and second.name == head[:12] and (second / ".git").exists()
     assert first.exists()   # this process still holds it: not removed under a running campaign
     assert campaign.snapshot(tmp_path) == second   # reused while HEAD stays
+
+
+def test_a_cells_two_stages_are_reported_by_one_evaluation_that_names_the_cell_once(tmp_path, monkeypatch):
+    stages = [r for r in campaign.QUEUE if r.report == ("table1", "miniimagenet_5w1s_conv")]
+    assert len(stages) == 2 and len({r.run_dir(tmp_path) for r in stages}) == 1   # one run directory
+    monkeypatch.setattr(campaign.Campaign, "moved", lambda self: stages)
+    calls = []
+
+    class Done:
+        returncode = 1   # (so that nothing is recorded as reported)
+
+    monkeypatch.setattr(campaign.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Done())
+    c = campaign.Campaign(campaign.QUEUE, tmp_path, hours=0.01, cores=1, report_minutes=0, python="py",
+                          log=lambda m: None)
+    c.report(threads=1)
+    assert len(calls) == 1 and calls[0][calls[0].index("--cells") + 1] == "miniimagenet_5w1s_conv"
