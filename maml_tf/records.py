@@ -58,27 +58,10 @@ def write_json(path: str | Path, data) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path: str | Path, text: str) -> bool:
-    """Write a text file atomically (a temp file, then rename), unless it already holds `text`
-    (an unchanged table leaves git clean); whether it wrote."""
+def write_bytes(path: str | Path, data: bytes) -> bool:
+    """Write a file atomically (a temp file, then rename), unless it already holds `data` (an
+    unchanged table or figure leaves git clean, and its file untouched); whether it wrote."""
     path = Path(path)
-    if path.exists() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
-
-
-def write_figure(fig, path: str | Path, dpi: int = 110) -> bool:
-    """Save a matplotlib figure as PNG atomically, unless the file already holds those bytes (an
-    unchanged figure leaves git clean, and its file untouched); whether it wrote."""
-    import io
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
-    data = buf.getvalue()
     if path.exists() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +69,19 @@ def write_figure(fig, path: str | Path, dpi: int = 110) -> bool:
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return True
+
+
+def write_text(path: str | Path, text: str) -> bool:
+    """`write_bytes` of a text (UTF-8); whether it wrote."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_figure(fig, path: str | Path, dpi: int = 110) -> bool:
+    """`write_bytes` of a matplotlib figure as PNG; whether it wrote."""
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    return write_bytes(path, buf.getvalue())
 
 
 # provenance (which commit evaluated a result, when, where) and what is derived from the results
