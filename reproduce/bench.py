@@ -130,6 +130,7 @@ SETTINGS = {
     "miniimagenet_5w1s_second_order": ("miniimagenet/conv_5w1s", {}),
     "miniimagenet_5w1s_first_order": ("miniimagenet/conv_5w1s_first_order", {}),
     "miniimagenet_5w5s_second_order": ("miniimagenet/conv_5w5s", {}),
+    "miniimagenet_5w5s_first_order": ("miniimagenet/conv_5w5s_first_order", {}),
     # Appendix C's context vector on the MAML row's network: only z adapts
     "omniglot_5w1s_context_second_order": ("omniglot/conv_5w1s_context", {}),
 }
