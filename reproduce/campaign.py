@@ -8,7 +8,8 @@ checkpoint) `--report-minutes` before `--hours` are up, then evaluates what move
 the tables and figures it touched (`reproduce.table1 --eval-only`, `reproduce.rl ENV --eval-only`).
 It prints, and writes to results/campaign.md, where every run stands: iterations done / budget, the
 latest meta-validation metric or training return, the measured seconds per iteration and the
-core-hours still needed.
+core-hours still needed (for a run not trained yet, estimated from another seed's run of its config
+or from its `make bench` row, and marked ~).
 
     python -m reproduce.campaign --hours 2.5 --cores 1     # make campaign HOURS=2.5 CORES=1
     python -m reproduce.campaign --status                  # only the table; trains nothing
@@ -243,9 +244,38 @@ def estimate(run_dir: Path, budget: int) -> str:
             f"speed ({sec:.3g} s per iteration on {cores or 'all'} core{'s' if cores != 1 else ''})")
 
 
+def bench_speeds(results: Path) -> dict[str, float]:
+    """{config: core-seconds per iteration} from `make bench` (results/bench/latest.json): its
+    supervised rows without overrides ran on every core of the machine (seconds x its cores), its
+    RL iteration rows on one core. For the runs of the queue that have not trained yet."""
+    path = results / "bench" / "latest.json"
+    if not path.exists():
+        return {}
+    bench = json.loads(path.read_text())
+    cores = int(bench.get("machine", {}).get("cores") or 1)
+    speeds = {r["config"]: r["iteration_seconds"] for r in bench.get("rl_iterations", []) if r.get("config")}
+    speeds.update({r["config"]: r["seconds_per_iteration"] * cores for r in bench.get("settings", [])
+                   if r.get("config") and not r.get("overrides") and r.get("seconds_per_iteration")})
+    return speeds
+
+
+def estimated_speed(run: Run, results: Path, bench: dict[str, float]) -> tuple[float, int | None, str] | None:
+    """(seconds per iteration, cores, where from) for a run not measured yet: the same config's
+    own run when another seed of it has trained (its speed is this run's), else its `make bench`
+    row (on one core); None when neither exists."""
+    sibling = dataclasses.replace(run, seed=None)
+    if sibling != run:
+        sec, cores = seconds_per_iteration(sibling.run_dir(results))
+        if sec is not None:
+            return sec, cores, "the config's own run"
+    if not run.sets and run.config in bench:
+        return bench[run.config], 1, "make bench"
+    return None
+
+
 def status_rows(queue: list[Run], results: Path, running: dict | None = None,
                 notes: dict | None = None) -> list[dict]:
-    rows, full = [], {}
+    rows, full, bench = [], {}, bench_speeds(results)
     for run in queue:  # a run queued in stages: its hours are counted once, at its largest budget
         d = run.run_dir(results)
         full[d] = max(full.get(d, 0), run.budget())
@@ -253,6 +283,9 @@ def status_rows(queue: list[Run], results: Path, running: dict | None = None,
         d = run.run_dir(results)
         done, budget = done_iterations(d), run.budget()
         sec, cores = seconds_per_iteration(d)
+        guess = estimated_speed(run, results, bench) if sec is None else None
+        if guess is not None:
+            sec, cores, source = guess
         left = max(budget - done, 0)
         core_hours = (left * sec * (cores or 1) / 3600) if sec is not None else (0.0 if left == 0 else None)
         state = ("done" if done >= budget else "running" if running and run in running
@@ -261,7 +294,7 @@ def status_rows(queue: list[Run], results: Path, running: dict | None = None,
             state = notes[run]
         rows.append({"run": run.name, "done": done, "budget": budget, "metric": latest_metric(d),
                      "seconds_per_iteration": sec, "cores": cores, "core_hours_left": core_hours,
-                     "state": state, "stage": budget < full[d]})
+                     "state": state, "stage": budget < full[d], "estimated_from": guess and guess[2]})
     return rows
 
 
@@ -273,20 +306,27 @@ def table(rows: list[dict]) -> str:
              "seconds per iteration x those cores (an estimate: the machine changes between sessions). Queue order and why: README, The campaign.",
              "", "| # | run | iterations | latest | s / iteration | core-hours left | state |",
              "|---|---|---|---|---|---|---|"]
-    total, unknown = 0.0, 0
+    total, estimated, unknown = 0.0, 0.0, 0
     for i, r in enumerate(rows, 1):
         cores = f"{r['cores']} core{'s' * (r['cores'] > 1)}" if r["cores"] else "cores not recorded"
-        sec = f"{r['seconds_per_iteration']:.3g} ({cores})" if r["seconds_per_iteration"] is not None else "-"
+        guess = r.get("estimated_from")
+        sec = "-" if r["seconds_per_iteration"] is None else (
+            f"{r['seconds_per_iteration']:.3g} ({cores})" if not guess
+            else f"~{r['seconds_per_iteration']:.3g} ({cores}; from {guess})")
+        mark = "~" if guess else ""
         if r.get("stage"):  # a first stage: its hours are part of the same run's full budget below
-            left = "not measured" if r["core_hours_left"] is None else f"{r['core_hours_left']:.1f}"
+            left = "not measured" if r["core_hours_left"] is None else f"{mark}{r['core_hours_left']:.1f}"
             left += " (first stage: counted in the full run)"
         elif r["core_hours_left"] is None:
             left, unknown = "not measured", unknown + 1
         else:
-            left, total = f"{r['core_hours_left']:.1f}", total + r["core_hours_left"]
+            left, total = f"{mark}{r['core_hours_left']:.1f}", total + r["core_hours_left"]
+            estimated += r["core_hours_left"] if guess else 0.0
         lines.append(f"| {i} | {r['run']} | {r['done']} / {r['budget']} | {r['metric']} | {sec} | "
                      f"{left} | {r['state']} |")
-    tail = f" and {unknown} run(s) not measured yet" if unknown else ""
+    tail = (f" ({estimated:.1f} of them estimated, ~, for runs not trained yet: from another seed's run of "
+            f"the same config, or from its `make bench` row on one core)" if estimated else "")
+    tail += f" and {unknown} run(s) not measured yet" if unknown else ""
     lines += ["", f"**Total: {total:.1f} core-hours left{tail}.**", ""]
     return "\n".join(lines)
 

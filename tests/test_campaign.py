@@ -65,6 +65,39 @@ def test_campaign_trains_in_order_stops_at_its_deadline_and_skips_a_locked_run(t
     assert (results / "campaign.md").stat().st_mtime_ns == before
 
 
+def test_runs_not_trained_yet_are_estimated_from_another_seed_or_make_bench(tmp_path):
+    """A queued run with no metrics of its own: another seed's run of the same config gives its
+    speed, else the config's `make bench` row (every core's time: seconds x the machine's cores);
+    neither, and it stays "not measured". Estimates are marked ~ and counted apart in the total."""
+    results = tmp_path / "results"
+    trained = campaign.Run(_config(tmp_path, "trained", 1000))
+    seed1 = campaign.Run(trained.config, seed=1)
+    benched = campaign.Run(_config(tmp_path, "benched", 1000))
+    unknown = campaign.Run(_config(tmp_path, "unknown", 1000))
+    piloted = campaign.Run(benched.config, sets=("model.sizes=[1,4,1]",))  # another network: not its bench row
+    d = trained.run_dir(results)
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "it_per_s": 4.0}) + "\n" for s in (20, 40)))
+    (d / "sessions.jsonl").write_text(json.dumps({"cores": 1}) + "\n")
+    (results / "bench").mkdir()
+    (results / "bench" / "latest.json").write_text(json.dumps(
+        {"machine": {"cores": 2}, "rl_iterations": [],
+         "settings": [{"config": benched.config, "overrides": {}, "seconds_per_iteration": 0.5},
+                      {"config": unknown.config, "overrides": {"train.first_order": True},
+                       "seconds_per_iteration": 0.1}]}))
+    rows = {r["run"]: r for r in campaign.status_rows([trained, seed1, benched, unknown, piloted], results)}
+    assert rows[trained.name]["estimated_from"] is None and rows[trained.name]["seconds_per_iteration"] == 0.25
+    assert rows[seed1.name]["estimated_from"] == "the config's own run"
+    assert rows[seed1.name]["core_hours_left"] == pytest.approx(1000 * 0.25 / 3600)
+    assert rows[benched.name]["estimated_from"] == "make bench"
+    assert rows[benched.name]["core_hours_left"] == pytest.approx(1000 * 0.5 * 2 / 3600)
+    for r in (unknown, piloted):  # a bench row with overrides, or a run with its own settings
+        assert rows[r.name]["core_hours_left"] is None
+    text = campaign.table(list(rows.values()))
+    assert "~1 (1 core; from make bench)" in text and "2 run(s) not measured yet" in text
+    assert f"({(1000 * 0.25 + 1000) / 3600:.1f} of them estimated" in text
+
+
 def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
     names = [r.config for r in campaign.QUEUE]
     for r in campaign.QUEUE:
