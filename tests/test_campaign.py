@@ -67,35 +67,50 @@ def test_campaign_trains_in_order_stops_at_its_deadline_and_skips_a_locked_run(t
 
 def test_runs_not_trained_yet_are_estimated_from_another_seed_or_make_bench(tmp_path):
     """A queued run with no metrics of its own: another seed's run of the same config gives its
-    speed, else the config's `make bench` row (every core's time: seconds x the machine's cores);
-    neither, and it stays "not measured". Estimates are marked ~ and counted apart in the total."""
+    speed when that run recorded its cores, else the config's `make bench` training-step row
+    (seconds x the replicas it ran, one per core; never an evaluation row or a row with overrides),
+    else that run on cores not recorded; nothing to go by, and it stays "not measured". Estimates
+    are marked ~ and counted apart in the total."""
     results = tmp_path / "results"
     trained = campaign.Run(_config(tmp_path, "trained", 1000))
-    seed1 = campaign.Run(trained.config, seed=1)
+    old = campaign.Run(_config(tmp_path, "old", 1000))        # trained before cores were recorded
     benched = campaign.Run(_config(tmp_path, "benched", 1000))
     unknown = campaign.Run(_config(tmp_path, "unknown", 1000))
+    seed1, old1, old_unbenched1 = (campaign.Run(r.config, seed=1) for r in (trained, old, unknown))
     piloted = campaign.Run(benched.config, sets=("model.sizes=[1,4,1]",))  # another network: not its bench row
-    d = trained.run_dir(results)
-    d.mkdir(parents=True)
-    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "it_per_s": 4.0}) + "\n" for s in (20, 40)))
-    (d / "sessions.jsonl").write_text(json.dumps({"cores": 1}) + "\n")
+    overridden = campaign.Run(_config(tmp_path, "overridden", 1000))    # bench rows with overrides only
+    for run, cores in ((trained, 1), (old, None), (unknown, None)):
+        d = run.run_dir(results)
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "it_per_s": 4.0}) + "\n" for s in (20, 40)))
+        if cores:
+            (d / "sessions.jsonl").write_text(json.dumps({"cores": cores}) + "\n")
     (results / "bench").mkdir()
+    step = lambda config, sec, **kw: {"config": config, "overrides": {}, "seconds_per_iteration": sec, **kw}
     (results / "bench" / "latest.json").write_text(json.dumps(
-        {"machine": {"cores": 2}, "rl_iterations": [],
-         "settings": [{"config": benched.config, "overrides": {}, "seconds_per_iteration": 0.5},
-                      {"config": unknown.config, "overrides": {"train.first_order": True},
-                       "seconds_per_iteration": 0.1}]}))
-    rows = {r["run"]: r for r in campaign.status_rows([trained, seed1, benched, unknown, piloted], results)}
+        {"machine": {"cores": 2},
+         "rl_iterations": [{"config": overridden.config, "overrides": ["train.x=1"], "iteration_seconds": 9.0}],
+         "settings": [step(benched.config, 0.5, replicas=2), step(old.config, 0.3, replicas=2),
+                      step(benched.config, 7.0, replicas=1, tasks_per_second=3.0),   # evaluation
+                      step(overridden.config, 0.1, replicas=2, overrides={"train.first_order": True})]}))
+    rows = {r["run"]: r for r in campaign.status_rows(
+        [trained, seed1, benched, old1, old_unbenched1, unknown, piloted, overridden], results)}
     assert rows[trained.name]["estimated_from"] is None and rows[trained.name]["seconds_per_iteration"] == 0.25
     assert rows[seed1.name]["estimated_from"] == "the config's own run"
     assert rows[seed1.name]["core_hours_left"] == pytest.approx(1000 * 0.25 / 3600)
-    assert rows[benched.name]["estimated_from"] == "make bench"
+    assert rows[benched.name]["estimated_from"] == campaign.BENCH
     assert rows[benched.name]["core_hours_left"] == pytest.approx(1000 * 0.5 * 2 / 3600)
-    for r in (unknown, piloted):  # a bench row with overrides, or a run with its own settings
+    assert rows[old1.name]["estimated_from"] == campaign.BENCH   # its sibling's cores are unknown
+    assert rows[old1.name]["core_hours_left"] == pytest.approx(1000 * 0.3 * 2 / 3600)
+    assert rows[old_unbenched1.name]["estimated_from"] == "the config's own run"
+    for r in (unknown, piloted):  # its own speed, or its own settings (no bench row applies)
+        assert rows[r.name]["estimated_from"] is None
+    for r in (piloted, overridden):
         assert rows[r.name]["core_hours_left"] is None
     text = campaign.table(list(rows.values()))
-    assert "~1 (1 core; from make bench)" in text and "2 run(s) not measured yet" in text
-    assert f"({(1000 * 0.25 + 1000) / 3600:.1f} of them estimated" in text
+    assert "~1 (core-seconds; make bench, the step alone)" in text and "2 run(s) not measured yet" in text
+    estimated = 1000 * (0.25 + 1.0 + 0.6 + 0.25) / 3600
+    assert f"({estimated:.1f} of them estimated" in text
 
 
 def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
