@@ -230,14 +230,19 @@ def seconds_per_iteration(run_dir: Path) -> tuple[float | None, int]:
     return (statistics.median(times) if times else None), cores
 
 
-def estimate(run_dir: Path, budget: int) -> str:
+def estimate(run_dir: Path, budget: int, config: str | None = None, results: Path | None = None) -> str:
     """Where a run stands and, at its last measured speed, how long the rest takes: printed by
-    the entry points before they train."""
+    the entry points before they train. A run not trained yet: from the `make bench` row of
+    `config` (a config name, given only when no override changes the run) in `results`."""
     done = done_iterations(run_dir)
     if done >= budget:
         return f"{run_dir}: trained ({done} of {budget} iterations)"
     sec, cores = seconds_per_iteration(run_dir)
     if sec is None:
+        bench = bench_speeds(results) if config and results else {}
+        if config in bench:
+            return (f"{run_dir}: {done} of {budget} iterations; at least {(budget - done) * bench[config] / 3600:.1f} "
+                    f"core-hours left (its `make bench` row, which times the iteration alone)")
         return f"{run_dir}: {done} of {budget} iterations; speed not measured yet"
     hours = (budget - done) * sec / 3600
     return (f"{run_dir}: {done} of {budget} iterations; about {hours:.1f} hours left at its last measured "

@@ -61,7 +61,8 @@ def run_method(env: str, name: str, args) -> tuple[dict, dict]:
     else:
         if not args.quiet:
             from reproduce import campaign
-            print(f"== {env}/{name}: " + campaign.estimate(run_dir, 0 if name == "random" else cfg.train.iterations),
+            print(f"== {env}/{name}: " + campaign.estimate(run_dir, 0 if name == "random" else cfg.train.iterations,
+                                                              None if args.set else f"rl/{env}/{name}", args.results),
                   file=sys.stderr)
         train_lib.train(cfg, run_dir, quiet=args.quiet)
     learner, evaluated = train_lib.restore(cfg, run_dir, cfg.eval.checkpoint)

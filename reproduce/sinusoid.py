@@ -285,7 +285,8 @@ def _main(argv=None) -> int:
             else:
                 if not args.quiet:
                     from reproduce import campaign
-                    print(campaign.estimate(run_dir, cfg.train.iterations), file=sys.stderr)
+                    print(campaign.estimate(run_dir, cfg.train.iterations, None if sets else cfg_name, args.results),
+                          file=sys.stderr)
                 learners[name] = train_lib.train(cfg, run_dir, quiet=args.quiet)
             cfgs[name] = cfg
             runs[name] = common.record(cfg, learners[name], common.paper_iterations(cfg_name), run_dir)

@@ -292,7 +292,8 @@ def _main(argv=None) -> int:
         for cell in CELLS:
             if wanted is None or cell.name in wanted:
                 cfg = common.load(cell.config, args.iterations)
-                print(campaign.estimate(common.run_dir(cfg, args.results), cfg.train.iterations), file=sys.stderr)
+                print(campaign.estimate(common.run_dir(cfg, args.results), cfg.train.iterations, cell.config,
+                                        args.results), file=sys.stderr)
     out_json = args.results / "table1.json"
     previous = {(r["dataset"], r["way"], r["shot"], r["model"], r["order"]): r
                 for r in (json.loads(out_json.read_text()) if out_json.exists() else [])}

@@ -111,6 +111,10 @@ def test_runs_not_trained_yet_are_estimated_from_another_seed_or_make_bench(tmp_
     assert "~1 (core-seconds; make bench, the step alone)" in text and "2 run(s) not measured yet" in text
     estimated = 1000 * (0.25 + 1.0 + 0.6 + 0.25) / 3600
     assert f"({estimated:.1f} of them estimated" in text
+    # what the entry points print before they train a run: the same bench row
+    d = benched.run_dir(results)
+    assert "at least 0.3 core-hours left" in campaign.estimate(d, 1000, benched.config, results)
+    assert "speed not measured yet" in campaign.estimate(d, 1000, None, results)   # (overrides: no config)
 
 
 def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
