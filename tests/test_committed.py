@@ -69,3 +69,19 @@ def test_the_committed_omniglot_context_pilot_adapts_well_above_chance(omniglot_
                             tasks.build({**cfg.task, "path": str(omniglot_npz)}, split="val"),
                             learner.loss_fn, learner.metric_fn, 1, cfg.train.inner_lr, n_tasks=100, seed=5)
     assert res["mean"][0] < 0.3 and res["mean"][1] > 0.4, res["mean"]
+
+
+def test_the_committed_inner_step_check_adapts_the_tasks_that_scored_its_pilot():
+    """results/appendix/context_pilot.json's check of the inner step on z evaluates the chosen
+    pilot's best checkpoint on the very meta-validation tasks of its score: at the config's step
+    and the reported number of steps it gives that score again (reproduce.appendix)."""
+    import json
+    from reproduce import appendix
+    check = json.loads((ROOT / "results" / "appendix" / "context_pilot.json").read_text())["inner_step_check"]
+    run_dir = ROOT / "results" / "appendix" / "context_pilot" / f"{appendix.INNER_STEP_CHECK[0]}_z{check['z_dim']}"
+    best = json.loads((run_dir / "best.json").read_text())
+    cfg = config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert check["checkpoint"] == best["step"] and check["tasks"] == cfg.train.val_tasks
+    assert check["inner_lr"] == pytest.approx(cfg.train.inner_lr)
+    at_config_step = check["accuracy"][str(check["scales"][0])]
+    assert at_config_step[cfg.eval.headline_step] == pytest.approx(100 * best["value"], abs=0.01)

@@ -222,6 +222,33 @@ def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_
         assert line.endswith(verdicts[side]), (score, line)
 
 
+def test_the_inner_step_check_is_reused_for_the_same_checkpoint_and_says_what_it_found(tmp_path):
+    """The check of the inner step on z (reproduce.appendix INNER_STEP_CHECK) runs once per best
+    checkpoint of the chosen pilot: a record of the same checkpoint and grid is reused (no data,
+    no TensorFlow needed), one of another checkpoint is not. Its line names the verdict: a larger
+    step helps or it does not."""
+    from reproduce import appendix
+    setting, scales, steps = appendix.INNER_STEP_CHECK
+    run_dir = tmp_path / "appendix" / "context_pilot" / f"{setting}_z8"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.json").write_text('{"step": 3000, "value": 0.5, "metric": "accuracy"}')
+    settings = {setting: {"chosen_z_dim": 8, "candidates": {}}}
+    assert appendix.inner_step_check({setting: {"chosen_z_dim": None}}, tmp_path, None) is None
+    acc = {str(s): [20.0] + [50.0 - 5 * i + j for j in range(steps)] for i, s in enumerate(scales)}
+    done = {"z_dim": 8, "checkpoint": 3000, "scales": list(scales), "steps": steps, "inner_lr": 0.4,
+            "tasks": 300, "accuracy": acc}
+    assert appendix.inner_step_check(settings, tmp_path, done) is done
+    with pytest.raises(FileNotFoundError):   # another checkpoint: computed again (here: no config.yaml)
+        appendix.inner_step_check(settings, tmp_path, {**done, "checkpoint": 2000})
+    (line,) = appendix.inner_step_line(done)
+    assert "times 1: 50.0%, 2.5: 45.0%" in line and "after 1..5 steps 50.0 / 51.0 / 52.0 / 53.0 / 54.0%" in line
+    assert "does not adapt the net further" in line and "not what holds the pilots back" in line
+    acc[str(scales[1])][1] = 60.0
+    (line,) = appendix.inner_step_line(done)
+    assert f"best at {scales[1]:g}x the config's" in line and "part of what holds the pilots back" in line
+    assert appendix.inner_step_line(None) == []
+
+
 def test_the_point_context_policy_trains_at_its_configs_size_with_chunked_gradients():
     """Two MAML-TRPO iterations of the point context config as the campaign trains it (20 tasks, its
     TRPO gradients in 2 chunks of 10). When the chunks were a tf.while_loop inside the CG loop,
