@@ -82,6 +82,7 @@ def test_the_committed_inner_step_check_adapts_the_tasks_that_scored_its_pilot()
     best = json.loads((run_dir / "best.json").read_text())
     cfg = config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert check["checkpoint"] == best["step"] and check["tasks"] == cfg.train.val_tasks
-    assert check["inner_lr"] == pytest.approx(cfg.train.inner_lr)
-    at_config_step = check["accuracy"][str(check["scales"][0])]
+    from maml_tf import evaluate
+    assert check["inner_lr"] == pytest.approx(evaluate.step_size(cfg))
+    at_config_step = check["accuracy"]["1"]
     assert at_config_step[cfg.eval.headline_step] == pytest.approx(100 * best["value"], abs=0.01)

@@ -1,5 +1,6 @@
 """Context-vector adaptation (Appendix C): only z is adapted, the meta-gradient reaches everything."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +8,8 @@ import tensorflow as tf
 
 from maml_tf import context, maml, nets, rl
 from maml_tf.tasks import TaskBatch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TB = TaskBatch.of
 
@@ -224,28 +227,37 @@ def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_
 
 def test_the_inner_step_check_is_reused_for_the_same_checkpoint_and_says_what_it_found(tmp_path):
     """The check of the inner step on z (reproduce.appendix INNER_STEP_CHECK) runs once per best
-    checkpoint of the chosen pilot: a record of the same checkpoint and grid is reused (no data,
-    no TensorFlow needed), one of another checkpoint is not. Its line names the verdict: a larger
-    step helps or it does not."""
+    checkpoint of the chosen pilot: a record of the same pilot, checkpoint, tasks and grid is
+    reused, one of another checkpoint or score is not (and without the data there is none). Its
+    line says a scale does better only beyond the paired margin, and which."""
+    import yaml
     from reproduce import appendix
     setting, scales, steps = appendix.INNER_STEP_CHECK
+    assert 1 in scales and min(scales) < 1 < max(scales)   # smaller and larger steps than the config's
     run_dir = tmp_path / "appendix" / "context_pilot" / f"{setting}_z8"
     run_dir.mkdir(parents=True)
     (run_dir / "best.json").write_text('{"step": 3000, "value": 0.5, "metric": "accuracy"}')
+    raw = yaml.safe_load((ROOT / "reproduce" / "configs" / "omniglot" / "conv_5w1s_context.yaml").read_text())
+    raw["task"]["path"] = str(tmp_path / "missing.npz")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
     settings = {setting: {"chosen_z_dim": 8, "candidates": {}}}
     assert appendix.inner_step_check({setting: {"chosen_z_dim": None}}, tmp_path, None) is None
-    acc = {str(s): [20.0] + [50.0 - 5 * i + j for j in range(steps)] for i, s in enumerate(scales)}
-    done = {"z_dim": 8, "checkpoint": 3000, "scales": list(scales), "steps": steps, "inner_lr": 0.4,
-            "tasks": 300, "accuracy": acc}
+    acc = {str(s): [20.0] + [50.0 - abs(s - 1) + j for j in range(steps)] for s in scales}
+    train = appendix.config_lib.from_dict(raw).train
+    done = {"setting": setting, "z_dim": 8, "checkpoint": 3000, "score": 0.5, "tasks": train.val_tasks,
+            "val_seed": train.val_seed, "scales": list(scales), "steps": steps, "inner_lr": 0.4, "accuracy": acc,
+            "paired_ci95_after_one": {str(s): 0.0 if s == 1 else 2.0 for s in scales}}
     assert appendix.inner_step_check(settings, tmp_path, done) is done
-    with pytest.raises(FileNotFoundError):   # another checkpoint: computed again (here: no config.yaml)
-        appendix.inner_step_check(settings, tmp_path, {**done, "checkpoint": 2000})
+    for stale in ({**done, "checkpoint": 2000}, {**done, "score": 0.4}):   # computed again: here, no data
+        assert appendix.inner_step_check(settings, tmp_path, stale) is None
     (line,) = appendix.inner_step_line(done)
-    assert "times 1: 50.0%, 2.5: 45.0%" in line and "after 1..5 steps 50.0 / 51.0 / 52.0 / 53.0 / 54.0%" in line
-    assert "does not adapt the net further" in line and "not what holds the pilots back" in line
-    acc[str(scales[1])][1] = 60.0
+    assert "times 0.25: 49.2%, 1: 50.0%, 2.5: 48.5%" in line and "after 1..5 steps 50.0 / 51.0 / 52.0 / 53.0 / 54.0%" in line
+    assert "No step size tried does better than the config's beyond evaluation noise" in line
+    acc["2.5"][1] = 51.5   # better, but within its margin of 2
+    assert "No step size tried" in appendix.inner_step_line(done)[0]
+    acc["0.25"][1] = 53.0
     (line,) = appendix.inner_step_line(done)
-    assert f"best at {scales[1]:g}x the config's" in line and "part of what holds the pilots back" in line
+    assert "0.25 times the config's step does better by 3.0 points (paired 95% margin ±2.0)" in line
     assert appendix.inner_step_line(None) == []
 
 
