@@ -385,8 +385,8 @@ def inner_step_line(check: dict | None) -> list[str]:
             f"(iteration {check['checkpoint']}, meta-trained with step {check['inner_lr']:g}), on its {check['tasks']} "
             "meta-validation tasks, scores after one step with the config's step times " +
             ", ".join(f"{float(s):g}: {a[1]:.1f}%" for s, a in acc.items()) +
-            f" ({own[0]:.1f}% before adapting; paired 95% margins of the differences to the config's step ±"
-            + "/".join(f"{m:.1f}" for s, m in margin.items() if s != "1") +
+            f" ({own[0]:.1f}% before adapting; paired 95% margin of each difference to the config's step: "
+            + ", ".join(f"{s}: ±{m:.1f}" for s, m in margin.items() if s != "1") +
             f"); with the config's step, after 1..{check['steps']} steps " + " / ".join(f"{a:.1f}" for a in own[1:])
             + f"%. {verdict}"]
 
