@@ -178,12 +178,20 @@ def validate(learner: MetaLearner, cfg: Config) -> float:
     return float(validation_by_step(learner, cfg)["mean"][cfg.eval.headline_step])
 
 
-def validation_by_step(learner: MetaLearner, cfg: Config) -> dict:
-    """`evaluate.evaluate` on the meta-validation tasks of `validate`: the metric after 0..eval.steps."""
+def validation_source(cfg: Config):
+    """The task source of meta-validation: the validation split with the test protocol's tasks."""
+    return tasks.build({**cfg.task, **cfg.eval.task}, split="val")
+
+
+def validation_by_step(learner: MetaLearner, cfg: Config, source=None, steps: int | None = None,
+                       alpha=None) -> dict:
+    """`evaluate.evaluate` on the meta-validation tasks of `validate`: the metric after 0..eval.steps
+    (or `steps`) with the learner's step size (or `alpha`); `source`: `validation_source(cfg)`, once
+    built."""
     t, e = cfg.train, cfg.eval
-    source = tasks.build({**cfg.task, **e.task}, split="val")
-    return evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn,
-                             learner.metric_fn, steps=e.steps, alpha=step_size(learner),
+    return evaluate.evaluate(learner.model, learner.param_values(), source or validation_source(cfg),
+                             learner.loss_fn, learner.metric_fn, steps=e.steps if steps is None else steps,
+                             alpha=step_size(learner) if alpha is None else alpha,
                              n_tasks=t.val_tasks, seed=t.val_seed, batch=e.batch)
 
 

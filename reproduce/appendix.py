@@ -345,7 +345,7 @@ def inner_step_check(settings: dict, results: Path, previous: dict | None) -> di
         return previous
     from maml_tf import evaluate, supervised, tasks, train
     try:
-        source = tasks.build({**cfg.task, **cfg.eval.task}, split="val")
+        source = supervised.validation_source(cfg)
     except tasks.MissingData as e:
         print(f"appendix: the inner-step check needs the Omniglot data ({e}); left out", file=sys.stderr)
         return None
@@ -354,12 +354,8 @@ def inner_step_check(settings: dict, results: Path, previous: dict | None) -> di
     if not isinstance(alpha, (int, float)):
         print("appendix: the inner-step check scales one fixed step size; this run learns its own", file=sys.stderr)
         return None
-    per_task = {}
-    for scale in scales:
-        r = evaluate.evaluate(learner.model, learner.param_values(), source, learner.loss_fn, learner.metric_fn,
-                              steps=steps, alpha=alpha * scale, n_tasks=t.val_tasks, seed=t.val_seed,
-                              batch=cfg.eval.batch)
-        per_task[scale] = 100 * np.asarray(r["per_task"], np.float64)
+    per_task = {scale: 100 * np.asarray(supervised.validation_by_step(learner, cfg, source, steps, alpha * scale)
+                                        ["per_task"], np.float64) for scale in scales}
     return {**key, "inner_lr": float(alpha),
             "accuracy": {str(s): [round(float(m), 2) for m in a.mean(axis=1)] for s, a in per_task.items()},
             "paired_ci95_after_one": {str(s): round(float(evaluate.ci95(a[1] - per_task[1][1])), 2)

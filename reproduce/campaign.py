@@ -298,7 +298,7 @@ def status_rows(queue: list[Run], results: Path, running: dict | None = None,
         sec, cores = seconds_per_iteration(d)
         guess = estimated_speed(run, results, bench) if sec is None else None
         if guess is not None:
-            sec, cores, source = guess
+            sec, cores, _ = guess
         left = max(budget - done, 0)
         core_hours = (left * sec * (cores or 1) / 3600) if sec is not None else (0.0 if left == 0 else None)
         state = ("done" if done >= budget else "running" if running and run in running
