@@ -582,14 +582,24 @@ def _reported(results: Path, queue: list[Run] | None = None) -> dict:
 
 
 def _hold(lock_path: Path, exclusive: bool) -> int | None:
-    """An flock on `lock_path` (shared: "in use"; exclusive: "nobody uses it"), or None if taken."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
+    """An flock on `lock_path`. Shared ("in use") waits while another process holds it exclusively
+    (a cleaner, for the moment it takes to remove a snapshot); exclusive ("nobody uses it") returns
+    None at once if it is taken. Whoever holds it exclusively deletes the lock file; a lock taken on
+    a file deleted between opening and locking it would guard nothing, so it is taken again on the
+    file now there."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        return None
 
 
 def snapshot(root: Path = ROOT) -> Path:
@@ -608,13 +618,17 @@ def snapshot(root: Path = ROOT) -> Path:
     base.mkdir(exist_ok=True)
     tree = base / sha[:12]
     _HELD.append(_hold(base / f"{tree.name}.lock", exclusive=False))  # held until the process exits
-    for old in base.iterdir():  # earlier snapshots that no campaign uses any more
-        if old.is_dir() and old != tree:
-            fd = _hold(base / f"{old.name}.lock", exclusive=True)
-            if fd is not None:
+    # earlier snapshots (and their lock files) that no campaign uses any more
+    for name in sorted({p.name.removesuffix(".lock") for p in base.iterdir()} - {tree.name}):
+        lock = base / f"{name}.lock"
+        fd = _hold(lock, exclusive=True)
+        if fd is not None:
+            old = base / name
+            if old.is_dir():
                 subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=root, capture_output=True)
                 shutil.rmtree(old, ignore_errors=True)
-                os.close(fd)
+            lock.unlink(missing_ok=True)   # while holding it: a later taker sees the file is gone
+            os.close(fd)
     subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
     if not (tree / ".git").exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=root, check=True,

@@ -1,6 +1,7 @@
 """The campaign runner: it trains the queue in order, stops cleanly at its deadline, skips a run
 that another process trains, and reports where every run stands."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -321,6 +322,53 @@ def test_a_snapshot_follows_head_and_keeps_the_tree_a_campaign_still_holds(tmp_p
     assert second != first and second.name == head[:12] and (second / ".git").exists()
     assert first.exists()   # this process still holds it: not removed under a running campaign
     assert campaign.snapshot(tmp_path) == second   # reused while HEAD stays
+
+
+def test_a_snapshot_removes_old_trees_and_lock_files_nobody_holds_and_keeps_those_held(tmp_path):
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    commit = lambda m: git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", m)
+    git("init", "-q")
+    commit("one")
+    first = campaign.snapshot(tmp_path)
+    base = first.parent
+    held = [fd for fd in campaign._HELD if fd is not None and os.fstat(fd).st_ino == os.stat(f"{first}.lock").st_ino]
+    assert len(held) == 1
+    campaign._HELD.remove(held[0])
+    os.close(held[0])   # the campaign that ran `first` has exited
+    (base / "0123456789ab.lock").touch()   # left by an older version: no tree beside it
+    other = base / "ba9876543210.lock"   # held by another running campaign
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(60)", str(other)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        commit("two")
+        second = campaign.snapshot(tmp_path)
+        assert not first.exists() and not Path(f"{first}.lock").exists()
+        assert not (base / "0123456789ab.lock").exists()
+        assert other.exists()   # in use: kept
+        assert sorted(p.name for p in base.iterdir()) == sorted([second.name, f"{second.name}.lock", other.name])
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_shared_lock_is_retaken_when_its_file_was_deleted_before_it_was_locked(tmp_path, monkeypatch):
+    lock = tmp_path / "x.lock"
+    real_flock, calls = campaign.fcntl.flock, []
+
+    def flock(fd, op):   # the cleaner deletes the file between our open and our lock, once
+        calls.append(op)
+        if len(calls) == 1:
+            lock.unlink()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(campaign.fcntl, "flock", flock)
+    fd = campaign._hold(lock, exclusive=False)
+    try:
+        assert len(calls) == 2 and lock.exists() and os.fstat(fd).st_ino == os.stat(lock).st_ino
+    finally:
+        os.close(fd)
 
 
 def test_a_cells_two_stages_are_reported_by_one_evaluation_that_names_the_cell_once(tmp_path, monkeypatch):
