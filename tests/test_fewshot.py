@@ -166,10 +166,41 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     logged = [r["val_accuracy"] for r in map(json.loads, (tmp_path / "omniglot_5w5s" / "mlp" / "metrics.jsonl")
                                                          .read_text().splitlines()) if "val_accuracy" in r]
     assert len(logged) == 2 and len(curve) == 4 and abs(curve[3] - 100 * max(logged)) < 0.01
+    # the split diagnosis (full runs outside the paper's interval only: not this partial one) draws
+    # the test protocol's tasks from the meta-validation and meta-training classes
+    assert "accuracy_by_split" not in row and "instead (a diagnosis)" not in row["note"]
+    splits = []
+    monkeypatch.setattr(tasks, "build", lambda spec, split="train": splits.append(split) or build(
+        {**spec, "path": str(omniglot_npz)}, split))
+    as_val = common.load("omniglot/mlp_5w5s", sets=["train.val_tasks=50", "eval.tasks=50",
+                                                    f"eval.seed={cfg.train.val_seed}"])
+    check = table1.split_check(best, as_val)
+    assert splits == ["val", "train"] and set(check) == {"val", "train"}
+    assert abs(check["val"][0] - curve[3]) < 0.01   # the validation tasks, with the test protocol
+    assert check["train"][0] != check["val"][0]
     # `reproduce.train --set seed=N` without --run-dir trains where the campaign and table1 look
     for run in runs:
         cfg = common.load(run.config, sets=[f"seed={run.seed}"] if run.seed is not None else [])
         assert common.run_dir(cfg, tmp_path, run.config) == run.run_dir(tmp_path)
+
+
+def test_the_split_diagnosis_says_where_the_papers_value_lies_on_each_set_of_classes():
+    from reproduce import table1
+    row = {"dataset": "omniglot", "paper_accuracy": 99.9, "eval_tasks": 600}
+    assert table1.split_note(row) == ""   # not diagnosed
+    note = lambda val, train, **kw: table1.split_note({**row, **kw, "accuracy_by_split": {"val": val, "train": train}})
+    above = note([99.65, 0.13], [99.81, 0.09])
+    assert above == ("on 600 tasks of the meta-validation / meta-training characters instead (a diagnosis): "
+                     "99.65 ± 0.13 / 99.81 ± 0.09; the paper's value lies above our interval on the held-out "
+                     "meta-validation characters too: the gap is not in which characters are tested; on the "
+                     "meta-training characters it lies inside our interval")
+    assert note([99.65, 0.13], [99.7, 0.05]).endswith("it lies above our interval even on the meta-training characters")
+    assert "inside our interval on the held-out meta-validation characters: the gap may lie in which characters " \
+           "are tested" in note([99.82, 0.10], [99.81, 0.09])
+    mini = note([45.0, 1.5], [60.0, 1.5], dataset="miniimagenet", paper_accuracy=48.7)
+    assert "classes instead" in mini and "above our interval on the held-out meta-validation classes too" in mini \
+        and mini.endswith("on the meta-training classes it lies below our interval")
+    assert "lies below our interval on the held-out" in note([99.99, 0.01], [99.99, 0.01])
 
 
 def test_the_seed_interval_covers_a_new_seed_on_other_test_tasks_95_percent_of_the_time():
