@@ -157,10 +157,62 @@ def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     formula. Not TensorFlow's fused kernel (FusedBatchNormV3, 30% faster in the MiniImagenet
     step): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
     gradient, moves the meta-gradient by 5-9% after one inner step, against 1e-5 here (README,
-    Benchmark); nor has it a float64 kernel for the finite-difference tests."""
-    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
-    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + offset
+    Benchmark); nor has it a float64 kernel for the finite-difference tests.
+
+    Every per-channel sum, here and in the derivatives of every order, is a batched matmul with
+    vectors of ones, one per image (`_colsum`): TensorFlow's reduction over all axes but the last
+    reads memory at less than half the rate of that matmul on CPU, and batch norm is bound by
+    memory traffic (README, Benchmark). Summed image by image, its float32 rounding is smaller
+    than that reduction's (one matmul over all N*H*W rows: larger). The same function to float64
+    rounding (tests/test_nets.py)."""
+    c = x.shape[-1]
+    rows = tf.reshape(x, [tf.shape(x)[0], -1, c])
+    m = tf.cast(tf.shape(rows)[0] * tf.shape(rows)[1], x.dtype)
+    mean = _colsum(rows) / m
+    centred = _sub_row(rows, mean)
+    var = _colsum(centred * centred) / m
+    y = _add_row(_mul_row(centred, tf.math.rsqrt(var + BN_EPSILON)), tf.reshape(offset, [1, 1, c]))
+    return tf.reshape(y, tf.shape(x))
+
+
+# Broadcast arithmetic on x [N, P, C] with rows r [1, 1, C] whose gradients sum over N and P by
+# `_colsum`, each gradient written with these same functions, so that derivatives of any order
+# keep the matmul form (the second-order meta-gradient differentiates the first derivatives).
+
+def _colsum(x: tf.Tensor) -> tf.Tensor:
+    """[N, P, C] -> [1, 1, C]: the sums over N and P, as ones[N, 1, P] @ x summed over N."""
+    @tf.custom_gradient
+    def colsum(x):
+        n, p = tf.shape(x)[0], tf.shape(x)[1]
+        y = tf.reduce_sum(tf.matmul(tf.ones([n, 1, p], x.dtype), x), axis=0, keepdims=True)
+        return y, lambda dy: _rowbcast(dy, tf.shape(x))
+    return colsum(x)
+
+
+def _rowbcast(y: tf.Tensor, shape) -> tf.Tensor:
+    """[1, 1, C] -> `shape` [N, P, C]: the row repeated (the gradient of `_colsum`)."""
+    @tf.custom_gradient
+    def rowbcast(y):
+        return tf.broadcast_to(y, shape), _colsum
+    return rowbcast(y)
+
+
+@tf.custom_gradient
+def _sub_row(x: tf.Tensor, r: tf.Tensor):
+    """x - r, x [N, P, C], r [1, 1, C]."""
+    return x - r, lambda dz: (dz, -_colsum(dz))
+
+
+@tf.custom_gradient
+def _mul_row(x: tf.Tensor, r: tf.Tensor):
+    """x * r, x [N, P, C], r [1, 1, C]."""
+    return x * r, lambda dz: (_mul_row(dz, r), _colsum(dz * x))
+
+
+@tf.custom_gradient
+def _add_row(x: tf.Tensor, r: tf.Tensor):
+    """x + r, x [N, P, C], r [1, 1, C]."""
+    return x + r, lambda dz: (dz, _colsum(dz))
 
 
 # ----------------------------------------------------------------------------- initialisers

@@ -192,28 +192,31 @@ def test_batch_norm_one_task_is_batch_norm_of_that_task():
             np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-def test_per_task_conv4_matches_batched_at_miniimagenet_shape():
-    """At MiniImagenet's shapes (84x84x3, 32 filters, 5-way 1-shot, 2 tasks) in float32, the
-    per-task path (oneDNN kernels) and the batched path (patches @ kernel) agree within float32
-    rounding: outputs, the plain gradient, and the first- and second-order meta-gradients through
-    an inner step. Kept to one short step: further steps let float32 rounding flip a ReLU or a
-    max-pool choice somewhere in one path and not the other (a 1e-6 change of the input moves
-    either path's 5-step meta-gradient by up to 1e-2 relative), so the longer runs are compared
-    in float64 (test_per_task_conv4_is_the_batched_function_in_float64)."""
+def test_per_task_conv4_is_within_float32_rounding_of_the_exact_function_at_miniimagenet_shape():
+    """At MiniImagenet's shapes (84x84x3, 32 filters, 5-way 1-shot, 2 tasks) the per-task path
+    (oneDNN kernels, batch norm by matmuls) in float32 agrees with the batched path's output and
+    is within float32 rounding of the exact function (the batched path in float64): the plain
+    gradient and the first- and second-order meta-gradients through an inner step. Against
+    float64, not against the batched path in float32: each float32 path can flip a ReLU or a
+    max-pool choice that the other does not (on another batch, seed 14, the batched float32 path
+    is 1e-2 off the float64 gradient in conv1 and conv2, the per-task path 1e-5), so the two float32
+    paths need not agree; longer runs are compared in float64
+    (test_per_task_conv4_is_the_batched_function_in_float64)."""
     rng = np.random.default_rng(12)
     params = MINIIMAGENET.init(0)
     batch = _fewshot_batch(rng, 2, 5, 1, 2, 84, 3, tf.float32)
+    exact = {k: tf.cast(v, tf.float64) if v.dtype == tf.float32 else v for k, v in batch.items()}
     out_b = MINIIMAGENET.apply(params, batch["xq"]).numpy()
     assert _max_rel(MINIIMAGENET_PER_TASK.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
     loss_fn = maml.cross_entropy(1)
     for steps, first_order in ((0, False), (1, False), (1, True)):
-        lb, gb = maml.meta_gradient(MINIIMAGENET, params, TB(batch), loss_fn, steps, 0.001, first_order)
+        l64, g64 = maml.meta_gradient(MINIIMAGENET, _f64(params), TB(exact), loss_fn, steps, 0.001, first_order)
         lp, gp = maml.meta_gradient(MINIIMAGENET_PER_TASK, params, TB(batch), loss_fn, steps, 0.001, first_order)
-        assert float(lp) == pytest.approx(float(lb), rel=1e-5)
+        assert float(lp) == pytest.approx(float(l64), rel=1e-5)
         for k in params:
             if k in ("b1", "b2", "b3", "b4"):   # exactly zero (batch norm follows): rounding noise only
                 continue
-            assert _max_rel(gp["params"][k].numpy(), gb["params"][k].numpy()) < 2e-4, (steps, first_order, k)
+            assert _max_rel(gp["params"][k].numpy(), g64["params"][k].numpy()) < 2e-4, (steps, first_order, k)
 
 
 # The Omniglot conv4 meta-gradient (second order, 1 inner step of 0.4) on a fixed batch, computed
@@ -248,5 +251,9 @@ def test_omniglot_meta_gradient_is_unchanged():
     for k, expected in OMNIGLOT_META_GRADIENT.items():
         v = g["params"][k].numpy().astype(np.float64).ravel()
         r = np.random.default_rng(sum(k.encode())).normal(size=v.size)
-        # biases before batch norm have an exactly-zero gradient: their values are rounding noise
-        np.testing.assert_allclose([v.sum(), np.abs(v).sum(), v @ r], expected, rtol=1e-5, atol=1e-3, err_msg=k)
+        # biases before batch norm have an exactly-zero gradient: their values are rounding noise.
+        # The sum and the projection cancel (conv3: -209.6 of 111,162 in absolute values), so their
+        # float32 rounding is relative to the sum of absolute values, and differs between processors
+        # (6e-8 of it between an AMD and an Intel machine): the tolerance is 2e-6 of that sum.
+        atol = max(1e-3, 2e-6 * expected[1])
+        np.testing.assert_allclose([v.sum(), np.abs(v).sum(), v @ r], expected, rtol=1e-5, atol=atol, err_msg=k)
