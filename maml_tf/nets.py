@@ -152,19 +152,39 @@ def max_pool2(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y, [t, n, h // 2, w // 2, c])
 
 
+# From this many elements of one task's activations (N * H * W * C) the per-task batch norm sums
+# by matmuls (`_batch_norm_matmul`); below, by TensorFlow's reductions (`_batch_norm_reduce`).
+# MiniImagenet's first three layers are above (its step 12-26% faster in `make bench`); Omniglot's
+# 14x14 and smaller layers below, where the matmul form gained nothing and compiled 60% longer.
+BN_MATMUL_MIN_ELEMENTS = 1 << 20
+
+
 def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     """`batch_norm` of one task's activations x [N, H, W, C] (statistics over N, H, W), the same
     formula. Not TensorFlow's fused kernel (FusedBatchNormV3, 30% faster in the MiniImagenet
     step): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
     gradient, moves the meta-gradient by 5-9% after one inner step, against 1e-5 here (README,
-    Benchmark); nor has it a float64 kernel for the finite-difference tests.
+    Benchmark); nor has it a float64 kernel for the finite-difference tests."""
+    size = x.shape.num_elements()
+    if size is not None and size < BN_MATMUL_MIN_ELEMENTS:
+        return _batch_norm_reduce(x, offset)
+    return _batch_norm_matmul(x, offset)
 
-    Every per-channel sum, here and in the derivatives of every order, is a batched matmul with
-    vectors of ones, one per image (`_colsum`): TensorFlow's reduction over all axes but the last
-    reads memory at less than half the rate of that matmul on CPU, and batch norm is bound by
-    memory traffic (README, Benchmark). Summed image by image, its float32 rounding is smaller
-    than that reduction's (one matmul over all N*H*W rows: larger). The same function to float64
-    rounding (tests/test_nets.py)."""
+
+def _batch_norm_reduce(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """`batch_norm_one_task` with TensorFlow's reductions (small activations)."""
+    mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + offset
+
+
+def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """`batch_norm_one_task` for large activations, where batch norm is bound by memory traffic
+    (README, Benchmark): every per-channel sum, here and in the derivatives of every order, is a
+    batched matmul with vectors of ones, one per image (`_colsum`); TensorFlow's reduction over all
+    axes but the last reads memory at less than half the rate of that matmul on CPU. Summed image
+    by image, its float32 rounding is smaller than that reduction's (one matmul over all N*H*W
+    rows: larger). The same function to float64 rounding (tests/test_nets.py)."""
     c = x.shape[-1]
     rows = tf.reshape(x, [tf.shape(x)[0], -1, c])
     m = tf.cast(tf.shape(rows)[0] * tf.shape(rows)[1], x.dtype)

@@ -164,9 +164,11 @@ def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
                                        rtol=1e-9, atol=1e-12 * scale, err_msg=k)
 
 
-def test_batch_norm_one_task_is_batch_norm_of_that_task():
-    """The per-task path's batch norm: the same function as `batch_norm` on a one-task batch, with
-    the same first and second derivatives (what second-order MAML differentiates)."""
+@pytest.mark.parametrize("form", ["batch_norm_one_task", "_batch_norm_reduce", "_batch_norm_matmul"])
+def test_batch_norm_one_task_is_batch_norm_of_that_task(form):
+    """The per-task path's batch norm, in both its forms (TensorFlow's reductions; sums by matmuls
+    with custom gradients): the same function as `batch_norm` on a one-task batch, with the same
+    first and second derivatives (what second-order MAML differentiates)."""
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(0.5, 2.0, size=(6, 5, 5, 4)) * rng.uniform(0.1, 3, size=4), tf.float64)
     off = tf.constant(rng.normal(size=4), tf.float64)
@@ -185,7 +187,7 @@ def test_batch_norm_one_task_is_batch_norm_of_that_task():
 
     ref = derivatives(lambda x, o: nets.batch_norm(x[None], o)[0])
     for name, g, r in zip(["y", "dx", "doffset", "d2/dx", "d2/doffset", "d2/ddy"],
-                          derivatives(nets.batch_norm_one_task), ref):
+                          derivatives(getattr(nets, form)), ref):
         if r is None:
             assert g is None or float(tf.reduce_max(tf.abs(g))) == 0, name
         else:
@@ -205,6 +207,7 @@ def test_per_task_conv4_is_within_float32_rounding_of_the_exact_function_at_mini
     rng = np.random.default_rng(12)
     params = MINIIMAGENET.init(0)
     batch = _fewshot_batch(rng, 2, 5, 1, 2, 84, 3, tf.float32)
+    assert 10 * 84 * 84 * 32 >= nets.BN_MATMUL_MIN_ELEMENTS   # (the query's first layer: sums by matmuls)
     exact = {k: tf.cast(v, tf.float64) if v.dtype == tf.float32 else v for k, v in batch.items()}
     out_b = MINIIMAGENET.apply(params, batch["xq"]).numpy()
     assert _max_rel(MINIIMAGENET_PER_TASK.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
