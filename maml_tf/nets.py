@@ -152,11 +152,12 @@ def max_pool2(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y, [t, n, h // 2, w // 2, c])
 
 
-# From this many elements of one task's activations (N * H * W * C) the per-task batch norm sums
-# by matmuls (`_batch_norm_matmul`); below, by TensorFlow's reductions (`_batch_norm_reduce`).
-# MiniImagenet's first three layers are above (its step 12-26% faster in `make bench`); Omniglot's
-# 14x14 and smaller layers below, where the matmul form gained nothing and compiled 60% longer.
-BN_MATMUL_MIN_ELEMENTS = 1 << 20
+# From feature maps of this many pixels (H * W) the per-task batch norm sums by matmuls
+# (`_batch_norm_matmul`); below, by TensorFlow's reductions (`_batch_norm_reduce`): MiniImagenet's
+# 84x84, 42x42 and 21x21 layers are above (one task's second-order 5-shot step 21% faster, 1-shot
+# 10%, first-order 5-shot 26%: README, Benchmark); Omniglot's 14x14 and smaller are below, where
+# the matmul form gained nothing and compiled 60% longer.
+BN_MATMUL_MIN_PIXELS = 400
 
 
 def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
@@ -165,21 +166,21 @@ def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     step): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
     gradient, moves the meta-gradient by 5-9% after one inner step, against 1e-5 here (README,
     Benchmark); nor has it a float64 kernel for the finite-difference tests."""
-    size = x.shape.num_elements()
-    if size is not None and size < BN_MATMUL_MIN_ELEMENTS:
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None or h * w < BN_MATMUL_MIN_PIXELS:
         return _batch_norm_reduce(x, offset)
     return _batch_norm_matmul(x, offset)
 
 
 def _batch_norm_reduce(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-    """`batch_norm_one_task` with TensorFlow's reductions (small activations)."""
+    """`batch_norm_one_task` with TensorFlow's reductions (small feature maps)."""
     mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
     var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
     return (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + offset
 
 
 def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-    """`batch_norm_one_task` for large activations, where batch norm is bound by memory traffic
+    """`batch_norm_one_task` for large feature maps, where batch norm is bound by memory traffic
     (README, Benchmark): every per-channel sum, here and in the derivatives of every order, is a
     batched matmul with vectors of ones, one per image (`_colsum`); TensorFlow's reduction over all
     axes but the last reads memory at less than half the rate of that matmul on CPU. Summed image

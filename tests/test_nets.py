@@ -207,7 +207,7 @@ def test_per_task_conv4_is_within_float32_rounding_of_the_exact_function_at_mini
     rng = np.random.default_rng(12)
     params = MINIIMAGENET.init(0)
     batch = _fewshot_batch(rng, 2, 5, 1, 2, 84, 3, tf.float32)
-    assert 10 * 84 * 84 * 32 >= nets.BN_MATMUL_MIN_ELEMENTS   # (the query's first layer: sums by matmuls)
+    assert 21 * 21 >= nets.BN_MATMUL_MIN_PIXELS > 10 * 10   # (both batch-norm forms: layers 1-3 and 4)
     exact = {k: tf.cast(v, tf.float64) if v.dtype == tf.float32 else v for k, v in batch.items()}
     out_b = MINIIMAGENET.apply(params, batch["xq"]).numpy()
     assert _max_rel(MINIIMAGENET_PER_TASK.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
