@@ -143,6 +143,9 @@ def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
     kw = dict(n_out=3, channels=3, filters=6, image_size=20 if max_pool else 12, max_pool=max_pool)
     batched, per_task = nets.conv4(**kw), nets.conv4(**kw, impl="per_task")
     assert batched.xla and not per_task.xla
+    # with max-pool, the first layer's 20x20 maps take batch norm's matmul form, the others its
+    # reduction form: both, through two inner steps
+    assert (20 * 20 >= nets.BN_MATMUL_MIN_PIXELS > 10 * 10) and 12 * 12 < nets.BN_MATMUL_MIN_PIXELS
     rng = np.random.default_rng(5)
     params = _f64(batched.init(2))
     batch = _fewshot_batch(rng, tasks, 3, 2, 2, kw["image_size"], 3, tf.float64)
