@@ -154,20 +154,22 @@ def max_pool2(x: tf.Tensor) -> tf.Tensor:
 
 # From feature maps of this many pixels (H * W) the per-task batch norm sums by matmuls
 # (`_batch_norm_matmul`); below, by TensorFlow's reductions (`_batch_norm_reduce`): MiniImagenet's
-# 84x84, 42x42 and 21x21 layers are above (one task's second-order 5-shot step 21% faster, 1-shot
-# 10%, first-order 5-shot 26%: README, Benchmark); Omniglot's 14x14 and smaller are below, where
-# the matmul form gained nothing and compiled 60% longer.
+# 84x84, 42x42 and 21x21 layers are above (one task's second-order 5-shot step takes 21% less
+# time, 1-shot 10%, first-order 5-shot 26%: README, Benchmark); Omniglot's 14x14 and smaller are
+# below, where the matmul form gained nothing and compiled 60% longer. On CPU only: on a GPU,
+# TensorFlow's matmuls may round their inputs to TensorFloat-32 (10-bit mantissa), too coarse for
+# the cancelling sums of batch norm's gradient (untested on GPUs: README).
 BN_MATMUL_MIN_PIXELS = 400
 
 
 def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     """`batch_norm` of one task's activations x [N, H, W, C] (statistics over N, H, W), the same
-    formula. Not TensorFlow's fused kernel (FusedBatchNormV3, 30% faster in the MiniImagenet
-    step): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
+    formula. Not TensorFlow's fused kernel (FusedBatchNormV3, which made the MiniImagenet step 30%
+    faster than the reduction form did): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
     gradient, moves the meta-gradient by 5-9% after one inner step, against 1e-5 here (README,
     Benchmark); nor has it a float64 kernel for the finite-difference tests."""
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None or h * w < BN_MATMUL_MIN_PIXELS:
+    if h is None or w is None or h * w < BN_MATMUL_MIN_PIXELS or tf.config.list_logical_devices("GPU"):
         return _batch_norm_reduce(x, offset)
     return _batch_norm_matmul(x, offset)
 
@@ -184,8 +186,9 @@ def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     (README, Benchmark): every per-channel sum, here and in the derivatives of every order, is a
     batched matmul with vectors of ones, one per image (`_colsum`); TensorFlow's reduction over all
     axes but the last reads memory at less than half the rate of that matmul on CPU. Summed image
-    by image, its float32 rounding is smaller than that reduction's (one matmul over all N*H*W
-    rows: larger). The same function to float64 rounding (tests/test_nets.py)."""
+    by image, its float32 rounding is smaller: on 75x84x84x32 activations, 1.5e-7 of the float64
+    sum, against 5.5e-6 for that reduction and 1.8e-5 for one matmul over all N*H*W rows. The same
+    function to float64 rounding (tests/test_nets.py)."""
     c = x.shape[-1]
     rows = tf.reshape(x, [tf.shape(x)[0], -1, c])
     m = tf.cast(tf.shape(rows)[0] * tf.shape(rows)[1], x.dtype)

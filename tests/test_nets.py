@@ -167,18 +167,21 @@ def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
                                        rtol=1e-9, atol=1e-12 * scale, err_msg=k)
 
 
-@pytest.mark.parametrize("form", ["batch_norm_one_task", "_batch_norm_reduce", "_batch_norm_matmul"])
-def test_batch_norm_one_task_is_batch_norm_of_that_task(form):
+@pytest.mark.parametrize("form,graph", [("batch_norm_one_task", False), ("_batch_norm_reduce", False),
+                                        ("_batch_norm_matmul", False), ("_batch_norm_matmul", True)])
+def test_batch_norm_one_task_is_batch_norm_of_that_task(form, graph):
     """The per-task path's batch norm, in both its forms (TensorFlow's reductions; sums by matmuls
-    with custom gradients): the same function as `batch_norm` on a one-task batch, with the same
-    first and second derivatives (what second-order MAML differentiates)."""
+    with custom gradients, eagerly and traced with an unknown batch size): the same function as
+    `batch_norm` on a one-task batch, with the same first and second derivatives (what
+    second-order MAML differentiates). 20x20 maps: `batch_norm_one_task` takes the matmul form."""
+    assert 20 * 20 >= nets.BN_MATMUL_MIN_PIXELS
     rng = np.random.default_rng(3)
-    x = tf.constant(rng.normal(0.5, 2.0, size=(6, 5, 5, 4)) * rng.uniform(0.1, 3, size=4), tf.float64)
+    x = tf.constant(rng.normal(0.5, 2.0, size=(3, 20, 20, 4)) * rng.uniform(0.1, 3, size=4), tf.float64)
     off = tf.constant(rng.normal(size=4), tf.float64)
     dy, vx = (tf.constant(rng.normal(size=x.shape), tf.float64) for _ in range(2))
     voff = tf.constant(rng.normal(size=4), tf.float64)
 
-    def derivatives(bn):
+    def derivatives(bn, x, dy, vx):
         with tf.GradientTape(persistent=True) as outer:
             outer.watch([x, off, dy])
             with tf.GradientTape() as inner:
@@ -188,9 +191,14 @@ def test_batch_norm_one_task_is_batch_norm_of_that_task(form):
             s = tf.reduce_sum(gx * vx) + tf.reduce_sum(goff * voff)   # a directional first derivative
         return [y, gx, goff] + outer.gradient(s, [x, off, dy])        # its derivatives: second order
 
-    ref = derivatives(lambda x, o: nets.batch_norm(x[None], o)[0])
-    for name, g, r in zip(["y", "dx", "doffset", "d2/dx", "d2/doffset", "d2/ddy"],
-                          derivatives(getattr(nets, form)), ref):
+    ref = derivatives(lambda x, o: nets.batch_norm(x[None], o)[0], x, dy, vx)
+    bn = getattr(nets, form)
+    of = derivatives
+    if graph:   # as training runs it: both tapes inside one traced function, the batch size unknown
+        spec = tf.TensorSpec([None, 20, 20, 4], tf.float64)
+        traced = tf.function(lambda x, dy, vx: derivatives(bn, x, dy, vx), input_signature=[spec] * 3)
+        of = lambda bn, x, dy, vx: traced(x, dy, vx)
+    for name, g, r in zip(["y", "dx", "doffset", "d2/dx", "d2/doffset", "d2/ddy"], of(bn, x, dy, vx), ref):
         if r is None:
             assert g is None or float(tf.reduce_max(tf.abs(g))) == 0, name
         else:
