@@ -165,9 +165,10 @@ BN_MATMUL_MIN_PIXELS = 400
 def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     """`batch_norm` of one task's activations x [N, H, W, C] (statistics over N, H, W), the same
     formula. Not TensorFlow's fused kernel (FusedBatchNormV3, which made the MiniImagenet step 30%
-    faster than the reduction form did): its float32 rounding is 2-3x larger in the forward pass and, through the batch-norm
-    gradient, moves the meta-gradient by 5-9% after one inner step, against 1e-5 here (README,
-    Benchmark); nor has it a float64 kernel for the finite-difference tests."""
+    faster than the reduction form did): its float32 rounding is 2-3x larger in the forward pass
+    and, through the batch-norm gradient, moves the meta-gradient by 5-9% after one inner step,
+    against 1e-5 here (README, Benchmark); nor has it a float64 kernel for the finite-difference
+    tests."""
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None or h * w < BN_MATMUL_MIN_PIXELS or tf.config.list_logical_devices("GPU"):
         return _batch_norm_reduce(x, offset)

@@ -178,9 +178,15 @@ def validate(learner: MetaLearner, cfg: Config) -> float:
     return float(validation_by_step(learner, cfg)["mean"][cfg.eval.headline_step])
 
 
+def task_source(cfg: Config, split: str):
+    """The tasks of the test protocol (`eval.task` over `task`) drawn from `split`: 'test' for the
+    reported numbers, 'val' for meta-validation, 'train' for diagnoses."""
+    return tasks.build({**cfg.task, **cfg.eval.task}, split=split)
+
+
 def validation_source(cfg: Config):
     """The task source of meta-validation: the validation split with the test protocol's tasks."""
-    return tasks.build({**cfg.task, **cfg.eval.task}, split="val")
+    return task_source(cfg, "val")
 
 
 def validation_by_step(learner: MetaLearner, cfg: Config, source=None, steps: int | None = None,

@@ -61,7 +61,7 @@ CELLS = [
 
 
 def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool) -> dict:
-    from maml_tf import tasks  # here: --help answers without TensorFlow
+    from maml_tf import supervised, tasks  # here: --help answers without TensorFlow
     from maml_tf import train as train_lib
     row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
            "order": cell.order, "accuracy": None, "ci95": None, "paper_accuracy": cell.paper_accuracy,
@@ -70,7 +70,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     cfg = common.load(cell.config, iterations)
     run_dir = common.run_dir(cfg, results)
     try:
-        test_source = tasks.build({**cfg.task, **cfg.eval.task}, split="test")
+        test_source = supervised.task_source(cfg, "test")
     except tasks.MissingData as e:
         row["note"] = str(e)
         return row
@@ -126,10 +126,8 @@ def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
     """A run's learner `best` with the parameters meta-validation picked (at `best_step`; the latest
     before the first validation), evaluated on the config's fixed test tasks: accuracy % and 95% CI
     after each test step."""
-    from maml_tf import evaluate, supervised
-    res = evaluate.evaluate(best.model, best.param_values(), test_source, best.loss_fn, best.metric_fn,
-                            cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
-                            seed=cfg.eval.seed, batch=cfg.eval.batch)
+    from maml_tf import evaluate
+    res = evaluate_protocol(best, cfg, test_source)
     step = cfg.eval.headline_step
     done = int(best.step.numpy())
     per_task = [100 * np.asarray(res["per_task"][step], dtype=np.float64)]  # the headline column (seeds' statistics; not written)
@@ -142,6 +140,15 @@ def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
             "wall_time_s": round(float(best.wall_time.numpy()), 1),
             "status": "full" if done >= PAPER_ITERATIONS else "partial",
             "training_commits": runs.training_commits(run_dir), "_per_task": per_task}
+
+
+def evaluate_protocol(best, cfg, source) -> dict:
+    """`evaluate.evaluate` of the learner `best` with the test protocol (eval.tasks, eval.seed,
+    eval.steps, the learner's step size) on the tasks of `source`."""
+    from maml_tf import evaluate, supervised
+    return evaluate.evaluate(best.model, best.param_values(), source, best.loss_fn, best.metric_fn,
+                             cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
+                             seed=cfg.eval.seed, batch=cfg.eval.batch)
 
 
 def validation_by_step(best, cfg) -> list[float]:
@@ -160,14 +167,10 @@ def split_check(best, cfg) -> dict[str, list[float]]:
     paper's value: is the gap in which classes are tested (Omniglot's split is not the official
     one, which cannot be rebuilt: data_prep/omniglot.py), or in the network? A diagnosis only:
     nothing is picked or tuned by it."""
-    from maml_tf import evaluate, supervised, tasks
-    out = {}
+    from maml_tf import supervised
+    step, out = cfg.eval.headline_step, {}
     for split in SPLIT_NAMES:
-        source = tasks.build({**cfg.task, **cfg.eval.task}, split=split)
-        res = evaluate.evaluate(best.model, best.param_values(), source, best.loss_fn, best.metric_fn,
-                                cfg.eval.steps, supervised.step_size(best), n_tasks=cfg.eval.tasks,
-                                seed=cfg.eval.seed, batch=cfg.eval.batch)
-        step = cfg.eval.headline_step
+        res = evaluate_protocol(best, cfg, supervised.task_source(cfg, split))
         out[split] = [round(100 * float(res["mean"][step]), 2), round(100 * float(res["ci95"][step]), 2)]
     return out
 
