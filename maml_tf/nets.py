@@ -162,27 +162,49 @@ def max_pool2(x: tf.Tensor) -> tf.Tensor:
 BN_MATMUL_MIN_PIXELS = 400
 
 
-def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor, pool: bool = False) -> tf.Tensor:
     """`batch_norm` of one task's activations x [N, H, W, C] (statistics over N, H, W), the same
     formula. Not TensorFlow's fused kernel (FusedBatchNormV3, which made the MiniImagenet step 30%
     faster than the reduction form did): its float32 rounding is 2-3x larger in the forward pass
     and, through the batch-norm gradient, moves the meta-gradient by 5-9% after one inner step,
     against 1e-5 here (README, Benchmark); nor has it a float64 kernel for the finite-difference
-    tests."""
+    tests.
+
+    pool=True: the 2x2 max-pool (stride 2, VALID) of the result, computed as the normalisation of
+    the max-pool of x, with the statistics of all of x. Batch norm without a scale is an increasing
+    map of each channel, so the max-pool commutes with it, exactly (each float32 operation rounds
+    monotonically, so the values are the same bits; the gradients differ only in how a tie is
+    split, and a tie of x is a tie of its normalisation); the normalisation, and the activation
+    after it (increasing too), pass over a quarter of the pixels."""
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None or h * w < BN_MATMUL_MIN_PIXELS or tf.config.list_logical_devices("GPU"):
-        return _batch_norm_reduce(x, offset)
-    return _batch_norm_matmul(x, offset)
+        return _batch_norm_reduce(x, offset, pool)
+    return _batch_norm_matmul(x, offset, pool)
 
 
-def _batch_norm_reduce(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+@tf.custom_gradient
+def _bias_before_batch_norm(x: tf.Tensor, b: tf.Tensor):
+    """x + b where batch norm follows: it subtracts the mean of each channel, and b with it,
+    exactly, so the output does not depend on b and b's gradient is zero. Computed as x, with a
+    zero gradient for b: no pass over x forward (the bias add) or backward (its sum over N, H, W),
+    at any order. (The official network adds the bias; its gradient there is rounding noise.)"""
+    return tf.identity(x), lambda dz: (dz, tf.zeros_like(b))
+
+
+def _max_pool(x: tf.Tensor) -> tf.Tensor:
+    return tf.nn.max_pool2d(x, 2, 2, "VALID")
+
+
+def _batch_norm_reduce(x: tf.Tensor, offset: tf.Tensor, pool: bool = False) -> tf.Tensor:
     """`batch_norm_one_task` with TensorFlow's reductions (small feature maps)."""
     mean = tf.reduce_mean(x, axis=[0, 1, 2], keepdims=True)
     var = tf.reduce_mean(tf.square(x - mean), axis=[0, 1, 2], keepdims=True)
+    if pool:
+        x = _max_pool(x)
     return (x - mean) * tf.math.rsqrt(var + BN_EPSILON) + offset
 
 
-def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor, pool: bool = False) -> tf.Tensor:
     """`batch_norm_one_task` for large feature maps, where batch norm is bound by memory traffic
     (README, Benchmark): every per-channel sum, here and in the derivatives of every order, is a
     batched matmul with vectors of ones, one per image (`_colsum`); TensorFlow's reduction over all
@@ -196,6 +218,9 @@ def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
     mean = _colsum(rows) / m
     centred = _sub_row(rows, mean)
     var = _colsum(centred * centred) / m
+    if pool:
+        x = _max_pool(x)
+        centred = _sub_row(tf.reshape(x, [tf.shape(x)[0], -1, c]), mean)
     y = _add_row(_mul_row(centred, tf.math.rsqrt(var + BN_EPSILON)), tf.reshape(offset, [1, 1, c]))
     return tf.reshape(y, tf.shape(x))
 
@@ -258,6 +283,8 @@ def _seeds(seed: int, n: int):
 # ----------------------------------------------------------------------------- the models
 
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.nn.tanh, "softplus": tf.nn.softplus}
+# non-decreasing: a max-pool after them commutes with them (conv4's per-task form pools first)
+INCREASING = frozenset({"relu", "tanh", "softplus"})
 
 
 def mlp(sizes: list[int], batch_norm_hidden: bool = False, out_std: float = 0.01,
@@ -351,17 +378,21 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
         return dense(h, params["w5"], params["b5"])
 
     stride = 1 if max_pool else 2
+    pool_first = max_pool and activation in INCREASING
     ranks = {"w5": 2, **{f"conv{i}": 4 for i in range(1, 5)}}   # the others are vectors
 
     def one_task(p: dict, h: tf.Tensor) -> tf.Tensor:
         """One task's logits [N, n_out] from its images h [N, H, W, C] and parameters p."""
         for i in range(1, 5):
-            h = tf.nn.bias_add(tf.nn.conv2d(h, p[f"conv{i}"], stride, "SAME"), p[f"b{i}"])
-            h = batch_norm_one_task(h, p[f"bn{i}"])
+            h = _bias_before_batch_norm(tf.nn.conv2d(h, p[f"conv{i}"], stride, "SAME"), p[f"b{i}"])
+            # max-pool(act(batch norm(h) [+ shift])): with an increasing activation every map
+            # after the pool increases in each channel, so the pool commutes with them and comes
+            # first (batch_norm_one_task)
+            h = batch_norm_one_task(h, p[f"bn{i}"], pool=pool_first)
             if i == 1 and SHIFT1 in p:  # see SHIFT1
                 h = h + p[SHIFT1]
             h = act(h)
-            if max_pool:
+            if max_pool and not pool_first:
                 h = tf.nn.max_pool2d(h, 2, 2, "VALID")
         h = tf.reshape(h, [-1, n_features]) if max_pool else tf.reduce_mean(h, axis=[1, 2])
         return tf.matmul(h, p["w5"]) + p["b5"]

@@ -162,18 +162,23 @@ def test_per_task_conv4_is_the_batched_function_in_float64(max_pool, tasks):
         # (the conv biases' gradient is exactly zero, batch norm follows: compared at the scale
         # of the largest gradient entry, like every entry)
         scale = max(float(tf.reduce_max(tf.abs(g))) for g in gb["params"].values())
+        for k in ("b1", "b2", "b3", "b4"):   # the per-task form skips the bias batch norm cancels
+            assert float(tf.reduce_max(tf.abs(gp["params"][k]))) == 0, k
         for k in params:
             np.testing.assert_allclose(gp["params"][k].numpy(), gb["params"][k].numpy(),
                                        rtol=1e-9, atol=1e-12 * scale, err_msg=k)
 
 
+@pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize("form,graph", [("batch_norm_one_task", False), ("_batch_norm_reduce", False),
                                         ("_batch_norm_matmul", False), ("_batch_norm_matmul", True)])
-def test_batch_norm_one_task_is_batch_norm_of_that_task(form, graph):
+def test_batch_norm_one_task_is_batch_norm_of_that_task(form, graph, pool):
     """The per-task path's batch norm, in both its forms (TensorFlow's reductions; sums by matmuls
     with custom gradients, eagerly and traced with an unknown batch size): the same function as
     `batch_norm` on a one-task batch, with the same first and second derivatives (what
-    second-order MAML differentiates). 20x20 maps: `batch_norm_one_task` takes the matmul form."""
+    second-order MAML differentiates); with pool=True, as the 2x2 max-pool of that (normalising
+    the pooled activations with the statistics of all). 20x20 maps: `batch_norm_one_task` takes
+    the matmul form."""
     assert 20 * 20 >= nets.BN_MATMUL_MIN_PIXELS
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(0.5, 2.0, size=(3, 20, 20, 4)) * rng.uniform(0.1, 3, size=4), tf.float64)
@@ -191,18 +196,40 @@ def test_batch_norm_one_task_is_batch_norm_of_that_task(form, graph):
             s = tf.reduce_sum(gx * vx) + tf.reduce_sum(goff * voff)   # a directional first derivative
         return [y, gx, goff] + outer.gradient(s, [x, off, dy])        # its derivatives: second order
 
-    ref = derivatives(lambda x, o: nets.batch_norm(x[None], o)[0], x, dy, vx)
-    bn = getattr(nets, form)
+    pooled = (lambda y: tf.nn.max_pool2d(y, 2, 2, "VALID")) if pool else (lambda y: y)
+    if pool:
+        dy = dy[:, ::2, ::2]
+    ref = derivatives(lambda x, o: pooled(nets.batch_norm(x[None], o)[0]), x, dy, vx)
+    bn = lambda x, o: getattr(nets, form)(x, o, pool=pool)
     of = derivatives
     if graph:   # as training runs it: both tapes inside one traced function, the batch size unknown
         spec = tf.TensorSpec([None, 20, 20, 4], tf.float64)
-        traced = tf.function(lambda x, dy, vx: derivatives(bn, x, dy, vx), input_signature=[spec] * 3)
+        dspec = tf.TensorSpec([None, 10, 10, 4] if pool else [None, 20, 20, 4], tf.float64)
+        traced = tf.function(lambda x, dy, vx: derivatives(bn, x, dy, vx), input_signature=[spec, dspec, spec])
         of = lambda bn, x, dy, vx: traced(x, dy, vx)
     for name, g, r in zip(["y", "dx", "doffset", "d2/dx", "d2/doffset", "d2/ddy"], of(bn, x, dy, vx), ref):
-        if r is None:
-            assert g is None or float(tf.reduce_max(tf.abs(g))) == 0, name
+        if r is None or g is None:   # unconnected: the other is zero (the pool's derivative in x
+            other = g if r is None else r    # depends on its input; zero, but connected)
+            assert other is None or float(tf.reduce_max(tf.abs(other))) == 0, name
         else:
             np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("form", ["_batch_norm_reduce", "_batch_norm_matmul"])
+def test_pooling_first_gives_the_same_float32_bits(form):
+    """The per-task conv4 max-pools before batch norm's normalisation and the activation
+    (`batch_norm_one_task(pool=True)`): increasing maps of each channel, with which the pool
+    commutes. Float32 rounds each operation monotonically, so the values are the same bits as
+    pooling last; at a MiniImagenet layer-1 shape, for both forms and every activation."""
+    rng = np.random.default_rng(8)
+    x = tf.constant(rng.normal(0.3, 1.5, size=(6, 84, 84, 32)), tf.float32)
+    off = tf.constant(rng.normal(size=32), tf.float32)
+    bn = getattr(nets, form)
+    for name in nets.INCREASING:
+        act = nets.ACTIVATIONS[name]
+        last = tf.nn.max_pool2d(act(bn(x, off)), 2, 2, "VALID").numpy()
+        first = act(bn(x, off, pool=True)).numpy()
+        assert np.array_equal(first, last), name
 
 
 def test_per_task_conv4_is_within_float32_rounding_of_the_exact_function_at_miniimagenet_shape():
