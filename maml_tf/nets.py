@@ -216,13 +216,25 @@ def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor, pool: bool = False) -> t
     rows = tf.reshape(x, [tf.shape(x)[0], -1, c])
     m = tf.cast(tf.shape(rows)[0] * tf.shape(rows)[1], x.dtype)
     mean = _colsum(rows) / m
-    centred = _sub_row(rows, mean)
-    var = _colsum(centred * centred) / m
+    var = _centred_var(rows, mean)
     if pool:
         x = _max_pool(x)
-        centred = _sub_row(tf.reshape(x, [tf.shape(x)[0], -1, c]), mean)
+    centred = _sub_row(tf.reshape(x, [tf.shape(x)[0], -1, c]), mean)
     y = _add_row(_mul_row(centred, tf.math.rsqrt(var + BN_EPSILON)), tf.reshape(offset, [1, 1, c]))
     return tf.reshape(y, tf.shape(x))
+
+
+@tf.custom_gradient
+def _centred_var(x: tf.Tensor, mean: tf.Tensor):
+    """The variance of each channel of x [N, P, C] about its mean [1, 1, C] (which must be x's own
+    mean: the gradient assumes it). Its gradient in x is 2 (x - mean) dvar / (N P), a row product
+    (not TensorFlow's broadcast, square derivative and sum of their terms, three times the memory
+    traffic); in the mean it is zero, as it is for x's own mean (the sum of x - mean), and zero
+    along x for all x, so the second derivatives are exact too."""
+    m = tf.cast(tf.shape(x)[0] * tf.shape(x)[1], x.dtype)
+    centred = _sub_row(x, mean)
+    return _colsum(centred * centred) / m, lambda dv: (_mul_row(_sub_row(x, mean), 2.0 * dv / m),
+                                                       tf.zeros_like(mean))
 
 
 # Broadcast arithmetic on x [N, P, C] with rows r [1, 1, C] whose gradients sum over N and P by
