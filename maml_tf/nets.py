@@ -172,10 +172,12 @@ def batch_norm_one_task(x: tf.Tensor, offset: tf.Tensor, pool: bool = False) -> 
 
     pool=True: the 2x2 max-pool (stride 2, VALID) of the result, computed as the normalisation of
     the max-pool of x, with the statistics of all of x. Batch norm without a scale is an increasing
-    map of each channel, so the max-pool commutes with it, exactly (each float32 operation rounds
-    monotonically, so the values are the same bits; the gradients differ only in how a tie is
-    split, and a tie of x is a tie of its normalisation); the normalisation, and the activation
-    after it (increasing too), pass over a quarter of the pixels."""
+    map of each channel, so the max-pool commutes with it: the same function (in float32 the same
+    bits, since each operation here rounds monotonically; so are a ReLU's after it, while float32
+    tanh and softplus are not monotone in the last bit and may differ by an ulp where a window
+    holds neighbouring floats); the gradients differ only in how a tie is split, and a tie of x is
+    a tie of its normalisation. The normalisation, and the activation after it (increasing too),
+    pass over a quarter of the pixels."""
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None or h * w < BN_MATMUL_MIN_PIXELS or tf.config.list_logical_devices("GPU"):
         return _batch_norm_reduce(x, offset, pool)
