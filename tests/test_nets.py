@@ -219,6 +219,47 @@ def test_batch_norm_one_task_is_batch_norm_of_that_task(form, graph, pool, size)
             np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_max_pool_derivatives_are_tensorflows_with_ties(dtype):
+    """The per-task path's max-pool (`nets._max_pool`: its second derivative, the selection at each
+    window's maximum, one XLA fusion) has tf.nn.max_pool2d's output and first and second
+    derivatives exactly, on an odd 21x21 map full of tied windows: the selection picks the same
+    entry of a tie as TensorFlow's MaxPoolGrad (else the second derivative would send the gradient
+    of a tie elsewhere), and it is the adjoint of that gradient."""
+    rng = np.random.default_rng(6)
+    x = np.repeat(np.repeat(rng.integers(0, 3, size=(2, 11, 11, 5)), 2, axis=1), 2, axis=2)[:, :21, :21]
+    x = np.where(rng.random(x.shape) < 0.3, rng.normal(size=x.shape), x)   # ties and non-ties
+    x = tf.constant(x, dtype)
+    dy, c = (tf.constant(rng.normal(size=s), dtype) for s in ((2, 10, 10, 5), (2, 21, 21, 5)))
+    windows = x.numpy()[:, :20, :20].reshape(2, 10, 2, 10, 2, 5).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
+    assert np.sum(np.sum(windows == windows.max(axis=1, keepdims=True), axis=1) > 1) > 300
+
+    def derivatives(pool):
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch([x, dy])
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = pool(x)
+            gx = inner.gradient(y, x, output_gradients=dy)
+            s = tf.reduce_sum(gx * c)
+        return [y, gx] + outer.gradient(s, [x, dy], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    tf_pool = lambda x: tf.nn.max_pool2d(x, 2, 2, "VALID")
+    # eagerly and traced (where TensorFlow may swap in oneDNN's kernels, with their own tie rule)
+    for run in (lambda f: f(), lambda f: tf.function(f)()):
+        ours, ref = run(lambda: derivatives(nets._max_pool)), run(lambda: derivatives(tf_pool))
+        for name, a, b in zip(["y", "dx", "d2/dx", "d2/ddy"], ours, ref):
+            assert np.array_equal(a.numpy(), b.numpy()), name
+        y = ref[0]
+        select, grad, gradgrad = run(lambda: (nets._max_pool_select(x, y, c), nets._max_pool_grad(x, y, dy),
+                                              tf.raw_ops.MaxPoolGradGrad(orig_input=x, orig_output=y, grad=c,
+                                                                         ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1],
+                                                                         padding="VALID")))
+        assert np.array_equal(select.numpy(), gradgrad.numpy())
+        np.testing.assert_allclose(float(tf.reduce_sum(grad * c)), float(tf.reduce_sum(dy * select)),
+                                   rtol=1e-5 if dtype == tf.float32 else 1e-12)
+
+
 @pytest.mark.parametrize("form", ["_batch_norm_reduce", "_batch_norm_matmul"])
 def test_pooling_first_gives_the_same_float32_bits(form):
     """The per-task conv4 max-pools before batch norm's normalisation and the activation
