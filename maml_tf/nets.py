@@ -265,7 +265,8 @@ def _batch_norm_matmul(x: tf.Tensor, offset: tf.Tensor, pool: bool = False) -> t
     var = _centred_var(rows, mean)
     if pool:
         x = _max_pool(x)
-    centred = _sub_row(tf.reshape(x, [tf.shape(x)[0], -1, c]), mean)
+        rows = tf.reshape(x, [tf.shape(x)[0], -1, c])
+    centred = _sub_row(rows, mean)
     y = _add_row(_mul_row(centred, tf.math.rsqrt(var + BN_EPSILON)), tf.reshape(offset, [1, 1, c]))
     return tf.reshape(y, tf.shape(x))
 
@@ -340,9 +341,9 @@ def _seeds(seed: int, n: int):
 
 # ----------------------------------------------------------------------------- the models
 
+# Each non-decreasing, so that a max-pool after it commutes with it: conv4's per-task form pools
+# before batch norm's normalisation and the activation (tests/test_nets.py checks the property).
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.nn.tanh, "softplus": tf.nn.softplus}
-# non-decreasing: a max-pool after them commutes with them (conv4's per-task form pools first)
-INCREASING = frozenset({"relu", "tanh", "softplus"})
 
 
 def mlp(sizes: list[int], batch_norm_hidden: bool = False, out_std: float = 0.01,
@@ -436,22 +437,19 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
         return dense(h, params["w5"], params["b5"])
 
     stride = 1 if max_pool else 2
-    pool_first = max_pool and activation in INCREASING
     ranks = {"w5": 2, **{f"conv{i}": 4 for i in range(1, 5)}}   # the others are vectors
 
     def one_task(p: dict, h: tf.Tensor) -> tf.Tensor:
         """One task's logits [N, n_out] from its images h [N, H, W, C] and parameters p."""
         for i in range(1, 5):
             h = _bias_before_batch_norm(tf.nn.conv2d(h, p[f"conv{i}"], stride, "SAME"), p[f"b{i}"])
-            # max-pool(act(batch norm(h) [+ shift])): with an increasing activation every map
-            # after the pool increases in each channel, so the pool commutes with them and comes
-            # first (batch_norm_one_task)
-            h = batch_norm_one_task(h, p[f"bn{i}"], pool=pool_first)
+            # max-pool(act(batch norm(h) [+ shift])): every map after the pool is non-decreasing
+            # in each channel (ACTIVATIONS), so the pool commutes with them and comes first
+            # (batch_norm_one_task)
+            h = batch_norm_one_task(h, p[f"bn{i}"], pool=max_pool)
             if i == 1 and SHIFT1 in p:  # see SHIFT1
                 h = h + p[SHIFT1]
             h = act(h)
-            if max_pool and not pool_first:
-                h = tf.nn.max_pool2d(h, 2, 2, "VALID")
         h = tf.reshape(h, [-1, n_features]) if max_pool else tf.reduce_mean(h, axis=[1, 2])
         return tf.matmul(h, p["w5"]) + p["b5"]
 

@@ -184,18 +184,13 @@ def task_source(cfg: Config, split: str):
     return tasks.build({**cfg.task, **cfg.eval.task}, split=split)
 
 
-def validation_source(cfg: Config):
-    """The task source of meta-validation: the validation split with the test protocol's tasks."""
-    return task_source(cfg, "val")
-
-
 def validation_by_step(learner: MetaLearner, cfg: Config, source=None, steps: int | None = None,
                        alpha=None) -> dict:
     """`evaluate.evaluate` on the meta-validation tasks of `validate`: the metric after 0..eval.steps
-    (or `steps`) with the learner's step size (or `alpha`); `source`: `validation_source(cfg)`, once
+    (or `steps`) with the learner's step size (or `alpha`); `source`: `task_source(cfg, "val")`, once
     built."""
     t, e = cfg.train, cfg.eval
-    return evaluate.evaluate(learner.model, learner.param_values(), source or validation_source(cfg),
+    return evaluate.evaluate(learner.model, learner.param_values(), source or task_source(cfg, "val"),
                              learner.loss_fn, learner.metric_fn, steps=e.steps if steps is None else steps,
                              alpha=step_size(learner) if alpha is None else alpha,
                              n_tasks=t.val_tasks, seed=t.val_seed, batch=e.batch)

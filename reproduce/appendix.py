@@ -345,7 +345,7 @@ def inner_step_check(settings: dict, results: Path, previous: dict | None) -> di
         return previous
     from maml_tf import evaluate, supervised, tasks, train
     try:
-        source = supervised.validation_source(cfg)
+        source = supervised.task_source(cfg, "val")
     except tasks.MissingData as e:
         print(f"appendix: the inner-step check needs the Omniglot data ({e}); left out", file=sys.stderr)
         return None

@@ -260,6 +260,14 @@ def test_max_pool_derivatives_are_tensorflows_with_ties(dtype):
                                    rtol=1e-5 if dtype == tf.float32 else 1e-12)
 
 
+def test_every_activation_is_non_decreasing():
+    """conv4's per-task form max-pools before the activation, which is the same function only for a
+    non-decreasing activation: one added to nets.ACTIVATIONS that is not (GELU, swish) fails here."""
+    x = tf.constant(np.linspace(-30.0, 30.0, 200001), tf.float64)
+    for name, act in nets.ACTIVATIONS.items():
+        assert np.all(np.diff(act(x).numpy()) >= 0), name
+
+
 @pytest.mark.parametrize("form", ["_batch_norm_reduce", "_batch_norm_matmul"])
 def test_pooling_first_gives_the_same_float32_bits(form):
     """The per-task conv4 max-pools before batch norm's normalisation and the activation
