@@ -133,7 +133,16 @@ def meta_loss(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: i
 
 def meta_gradient(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,
                   first_order: bool = False) -> tuple[tf.Tensor, dict]:
-    """(meta-loss, its gradient with respect to `params` and, when learned, `alpha`)."""
+    """(meta-loss, its gradient with respect to `params` and, when learned, `alpha`). A second-order
+    one of more tasks than `model.second_order_tasks` is the task-weighted sum of chunks' (each
+    chunk at most that many tasks, one after the other: `sum_over_tasks`)."""
+    n_tasks, most = batch.xs.shape[0], model.second_order_tasks
+    if not first_order and most and n_tasks is not None and n_tasks > most:
+        def chunk(b):
+            w = b.xs.shape[0] / n_tasks  # the chunk's share of the mean over tasks
+            loss, grads = meta_gradient(model, params, b, loss_fn, steps, alpha)
+            return loss * w, tf.nest.map_structure(lambda g: g * w, grads)
+        return sum_over_tasks(chunk, batch, most)
     learned_alpha = isinstance(alpha, dict)
     with tf.GradientTape() as tape:
         tape.watch(list(params.values()))

@@ -1,6 +1,6 @@
 """The networks of the paper as pure functions of an explicit parameter structure.
 
-A model is a `Model(init, apply, frozen, xla)`:
+A model is a `Model(init, apply, frozen, xla, second_order_tasks)`:
   * `init(seed) -> params`, a flat dict name -> tf.Tensor (plain structure, no Keras layers);
   * `apply(params, x) -> output`, a pure function. `x` always carries a leading task axis,
     [tasks, examples, ...]. Each parameter either is shared by all tasks (its natural shape) or
@@ -9,7 +9,9 @@ A model is a `Model(init, apply, frozen, xla)`:
     written as patches @ kernel), so one compiled step serves the whole task batch;
   * `frozen`: the names that the inner loop never changes (the batch-norm offsets);
   * `xla`: whether the model is meant to run under XLA (`jit_compile`); False for the per-task
-    conv4 (`impl="per_task"`), whose oneDNN kernels XLA would replace (evaluation follows it).
+    conv4 (`impl="per_task"`), whose oneDNN kernels XLA would replace (evaluation follows it);
+  * `second_order_tasks`: the most tasks one call of `apply` may hold when a second-order
+    meta-gradient is taken through it (0: any); `maml.meta_gradient` splits larger batches.
 
 Batch norm follows the official code: it always normalises with the statistics of the batch at hand,
 computed per task and per pass (support and query separately); there are no moving averages and no
@@ -28,7 +30,10 @@ BN_EPSILON = 1e-3
 # evaluation batch of 4); more a tf.map_fn running MAP_PARALLEL_TASKS at a time (one graph for all:
 # 27 s to compile 10 steps against 93 s for a loop over 20 tasks, but 28% slower per task; the
 # 20-way 5-shot step on one core: 7.5 s as a map, 5.95 s as a loop, compile 32 s against 95 s; the
-# 5-way 5-shot step: 0.93 s as a map, 0.78-0.79 s as a loop, compile 6 s against 32 s)
+# 5-way 5-shot step: 0.93 s as a map, 0.78-0.79 s as a loop, compile 6 s against 32 s). The map
+# serves first derivatives only: a second derivative through it inside tf.function fails
+# (InaccessibleTensorError: the while body's custom-gradient tensors), so the model declares
+# second_order_tasks=LOOP_MAX_TASKS and a second-order meta-gradient of more tasks runs in chunks.
 LOOP_MAX_TASKS = 32
 MAP_PARALLEL_TASKS = 2
 # conv4: an optional parameter "shift1" ([filters], or one per task) is added to the first block's
@@ -43,6 +48,7 @@ class Model(NamedTuple):
     apply: Callable[[dict, tf.Tensor], tf.Tensor]
     frozen: frozenset = frozenset()
     xla: bool = True
+    second_order_tasks: int = 0
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -472,7 +478,7 @@ def conv4(n_out: int, channels: int, filters: int, image_size: int, max_pool: bo
 
     frozen = frozenset(f"bn{i}" for i in range(1, 5))
     if impl == "per_task":
-        return Model(init, apply_per_task, frozen, xla=False)
+        return Model(init, apply_per_task, frozen, xla=False, second_order_tasks=LOOP_MAX_TASKS)
     return Model(init, apply, frozen)
 
 

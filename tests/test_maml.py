@@ -156,3 +156,26 @@ def test_second_order_meta_gradient_with_max_pool_ties(impl):
     loss_of = lambda p: maml.meta_loss(model, p, TB(batch), loss_fn, 2, 0.1)
     _, grads = maml.meta_gradient(model, params, TB(batch), loss_fn, 2, 0.1)
     _directional_check(loss_of, params, grads["params"], rng)
+
+
+def test_second_order_meta_gradient_of_more_tasks_than_the_per_task_loop(monkeypatch):
+    """The per-task conv4 maps over batches of more than LOOP_MAX_TASKS tasks, and a second
+    derivative through that map inside tf.function fails; meta_gradient splits such a batch into
+    chunks the loop holds. Traced, with the loop made to hold 2 of 3 tasks (chunks of 1): the
+    batched network's meta-gradient, to float64 rounding."""
+    monkeypatch.setattr(nets, "LOOP_MAX_TASKS", 2)
+    kw = dict(n_out=3, channels=1, filters=4, image_size=16, max_pool=True, activation="softplus")
+    batched, per_task = nets.conv4(**kw), nets.conv4(**kw, impl="per_task")
+    assert per_task.second_order_tasks == 2 and batched.second_order_tasks == 0
+    params = _f64(batched.init(2))
+    batch = TB(_classification_batch(np.random.default_rng(5), tasks=3, size=16))
+    loss_fn = maml.cross_entropy(1)
+    for alpha in (0.1, {k: tf.constant(0.05 + 0.01 * i, tf.float64) for i, k in enumerate(params)
+                         if k not in batched.frozen}):
+        want_loss, want = maml.meta_gradient(batched, params, batch, loss_fn, 2, alpha)
+        loss, got = tf.function(lambda p, a: maml.meta_gradient(per_task, p, batch, loss_fn, 2, a))(params, alpha)
+        assert float(loss) == pytest.approx(float(want_loss), rel=1e-12)
+        assert tf.nest.flatten(got.keys()) == tf.nest.flatten(want.keys())
+        for part in want:
+            for k in want[part]:
+                np.testing.assert_allclose(got[part][k], want[part][k], rtol=1e-9, atol=1e-12)
