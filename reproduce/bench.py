@@ -220,8 +220,9 @@ def bench_eval(name: str, cfg_name: str, overrides: dict, repeats: int, rate: fl
 def merged(old: dict, new: dict, only: str) -> dict:
     """The record of a partial run (--only) merged into the previous one: its rows replace those of
     the same name, the others stay with their own `measured` run (rows written before rows carried
-    it get the old record's)."""
-    was = {k: old.get(k) for k in ("written", "commit", "load_average_at_start", "matmul_flops_per_second")}
+    it get the old record's, its machine included)."""
+    was = {k: old.get(k) for k in ("written", "commit", "load_average_at_start", "matmul_flops_per_second",
+                                   "machine")}
     out = {**new, "updated_only": only}
 
     def rows(key: str) -> list:
@@ -279,10 +280,10 @@ def main(argv=None) -> int:
         print(f"wrote {integration_check.write(Path(args.out).parent.parent)}")
     load = os.getloadavg()
     run = {"written": records.now(), "commit": records.commit(), "load_average_at_start": load[0],
-           "matmul_flops_per_second": rate}
+           "matmul_flops_per_second": rate, "machine": records.machine()}
     for r in rows + extra + rl_iterations:
-        r["measured"] = run  # each row's own run: a partial re-run (--only) keeps the other rows
-    out = {**run, "machine": records.machine(), "settings": rows, "rl_sampler": extra, "rl_iterations": rl_iterations}
+        r["measured"] = run  # each row's own run (the machine too): a partial re-run (--only) keeps the other rows
+    out = {**run, "settings": rows, "rl_sampler": extra, "rl_iterations": rl_iterations}
     if args.only is not None and Path(args.out).exists():
         out = merged(json.loads(Path(args.out).read_text()), out, args.only)
     records.write_json(args.out, out)

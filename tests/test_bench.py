@@ -4,16 +4,21 @@ from reproduce import bench
 
 def test_a_partial_bench_run_keeps_the_other_rows_with_the_run_that_measured_them():
     old = {"written": "t0", "commit": "c0", "load_average_at_start": 0.5, "matmul_flops_per_second": 1e11,
+           "machine": {"cpu": "AMD"},
            "settings": [{"name": "omniglot_5w1s_conv_second_order", "ratio_to_floor": 2.0},
                         {"name": "miniimagenet_5w1s_second_order", "ratio_to_floor": 3.0}],
            "rl_sampler": [{"name": "raw"}], "rl_iterations": []}
-    run = {"written": "t1", "commit": "c1", "load_average_at_start": 1.0, "matmul_flops_per_second": 2e11}
+    run = {"written": "t1", "commit": "c1", "load_average_at_start": 1.0, "matmul_flops_per_second": 2e11,
+           "machine": {"cpu": "Intel"}}
     new = {**run, "settings": [{"name": "miniimagenet_5w1s_second_order", "ratio_to_floor": 2.5, "measured": run}],
            "rl_sampler": [], "rl_iterations": [{"name": "MAML-TRPO iteration", "measured": run}]}
     out = bench.merged(old, new, "miniimagenet")
     assert [r["name"] for r in out["settings"]] == ["omniglot_5w1s_conv_second_order", "miniimagenet_5w1s_second_order"]
     assert out["settings"][0]["measured"]["commit"] == "c0" and out["settings"][0]["ratio_to_floor"] == 2.0
     assert out["settings"][1]["measured"]["commit"] == "c1" and out["settings"][1]["ratio_to_floor"] == 2.5
+    # each row says on which machine it was measured (the merged record's own is the new run's)
+    assert [r["measured"]["machine"]["cpu"] for r in out["settings"]] == ["AMD", "Intel"]
+    assert out["machine"] == {"cpu": "Intel"}
     assert out["rl_sampler"] == [{"name": "raw", "measured": {k: old[k] for k in run}}]
     assert out["rl_iterations"][0]["measured"]["commit"] == "c1" and out["updated_only"] == "miniimagenet"
 
