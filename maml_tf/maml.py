@@ -120,7 +120,7 @@ def sum_over_tasks(fn: Callable, inputs, chunk: int):
         with tf.control_dependencies(after):
             parts.append(fn(tf.nest.map_structure(lambda x: x[i:i + c], inputs)))
         after = tf.nest.flatten(parts[-1])
-    return tf.nest.map_structure(lambda *xs: tf.add_n(list(xs)), *parts)
+    return tf.nest.map_structure(lambda *xs: None if xs[0] is None else tf.add_n(list(xs)), *parts)
 
 
 def meta_loss(model: Model, params: dict, batch: dict, loss_fn: LossFn, steps: int, alpha,
@@ -137,11 +137,15 @@ def meta_gradient(model: Model, params: dict, batch: dict, loss_fn: LossFn, step
     one of more tasks than `model.second_order_tasks` is the task-weighted sum of chunks' (each
     chunk at most that many tasks, one after the other: `sum_over_tasks`)."""
     n_tasks, most = batch.xs.shape[0], model.second_order_tasks
-    if not first_order and most and n_tasks is not None and n_tasks > most:
+    if not first_order and most and n_tasks is None:
+        raise ValueError(f"a second-order meta-gradient of this model takes at most {most} tasks per call, "
+                         "and this batch's task count is not known when traced: give the batch a static "
+                         "leading (task) dimension")
+    if not first_order and most and n_tasks > most:
         def chunk(b):
             w = b.xs.shape[0] / n_tasks  # the chunk's share of the mean over tasks
             loss, grads = meta_gradient(model, params, b, loss_fn, steps, alpha)
-            return loss * w, tf.nest.map_structure(lambda g: g * w, grads)
+            return loss * w, tf.nest.map_structure(lambda g: None if g is None else g * w, grads)
         return sum_over_tasks(chunk, batch, most)
     learned_alpha = isinstance(alpha, dict)
     with tf.GradientTape() as tape:
