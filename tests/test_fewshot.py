@@ -142,6 +142,7 @@ def test_table1_reports_cells_not_run_with_the_reason(tmp_path, monkeypatch):
         if r["dataset"] == "miniimagenet":
             assert "make data-miniimagenet" in r["note"]
     assert "not_run" in (tmp_path / "table1.md").read_text()
+    assert not (tmp_path / table1.FIGURE).exists()  # no run, no curve: no figure
 
 
 def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omniglot_npz, tmp_path, monkeypatch):
@@ -158,6 +159,11 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     build = tasks.build
     monkeypatch.setattr(tasks, "build", lambda spec, split="train": build({**spec, "path": str(omniglot_npz)}, split))
     assert table1.main(["--eval-only", "--cells", "omniglot_5w5s_mlp", "--results", str(tmp_path), "--quiet"]) == 0
+    # the meta-validation curves' figure: drawn again from the same records, the same bytes (not rewritten)
+    fig = tmp_path / table1.FIGURE
+    drawn = (fig.read_bytes(), fig.stat().st_mtime_ns)
+    assert table1.figure(json.loads((tmp_path / "table1.json").read_text()), tmp_path) == fig
+    assert (fig.read_bytes(), fig.stat().st_mtime_ns) == drawn and drawn[0].startswith(b"\x89PNG")
     # a cell without a checkpoint says how to train it: a table1 cell by its name, Appendix C's
     # context cells (not table1 cells) by their config
     for cell, how in ((table1.CELLS[0], f"--cells {table1.CELLS[0].name}`"),
