@@ -176,6 +176,10 @@ QUEUE: list[Run] = [
     *[Run(c, ("sinusoid",), seed) for seed in (1, 2) for c in ("sinusoid/maml", "sinusoid/pretrained")],
     *[Run("omniglot/conv_5w1s", ("table1", "omniglot_5w1s_conv"), seed) for seed in (1, 2)],
     *[Run("rl/point/maml", ("rl", "point", "maml"), seed) for seed in (2, 3)],  # the config's own seed is 1
+    # conv 5-way 5-shot's result lies below the paper's interval (99.63 +- 0.11 at 54,644 iterations
+    # against 99.9 +- 0.1): two more seeds tell seed variance from a real difference, as for MLP
+    # 5-way 5-shot; last, at about 18 core-hours each
+    *[Run("omniglot/conv_5w5s", ("table1", "omniglot_5w5s_conv"), seed) for seed in (1, 2)],
 ]
 
 
