@@ -269,6 +269,11 @@ def validation_curve(run_dir) -> dict[int, float]:
             if "val_accuracy" in r}
 
 
+def cell_curve(config: str, results) -> dict[int, float]:
+    """`validation_curve` of the config's own run (its seed) under `results`."""
+    return validation_curve(common.run_dir(common.load(config), results))
+
+
 def validation_trend(run_dir, last: int = 4) -> str:
     """How the meta-validation accuracy moved over the run's last validations: whether a partial
     run had stopped improving or was still learning."""
@@ -293,7 +298,7 @@ def first_vs_second_order(rows: list[dict], results) -> None:
         if r["order"] != "first" or second is None or r["accuracy"] is None:
             continue
         texts = []
-        curves = [validation_curve(common.run_dir(common.load(q["config"]), results)) for q in (r, second)]
+        curves = [cell_curve(q["config"], results) for q in (r, second)]
         shared = sorted(set(curves[0]) & set(curves[1]))
         if shared:
             k = shared[-1]
@@ -321,14 +326,7 @@ def figure(rows: list[dict], results) -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    curves = {}
-    for r in rows:
-        try:
-            curve = validation_curve(common.run_dir(common.load(r["config"]), results))
-        except ConfigError:
-            continue
-        if curve:
-            curves[id(r)] = sorted(curve.items())
+    curves = {id(r): sorted(c.items()) for r in rows if (c := cell_curve(r["config"], results))}
     panels = list(dict.fromkeys((r["dataset"], r["way"], r["shot"]) for r in rows if id(r) in curves))
     if not panels:
         return None
