@@ -469,11 +469,14 @@ class Campaign:
     def moved(self) -> list[Run]:
         """The runs whose iterations differ from those their last successful report saw
         (results/campaign.json): a report that failed, or a campaign killed before its reports,
-        is made up for by the next campaign."""
-        reported = _reported(self.results, self.queue)
+        is made up for by the next campaign. A run whose result file already lists it at its
+        current iterations is not moved, even where campaign.json lags (a report that timed out
+        and was then run by hand with the same command)."""
+        reported, listed = _reported(self.results, self.queue), _listed(self.results, self.queue)
         return [r for r in self.queue if r.report
                 and (r.run_dir(self.results) / "checkpoints" / "checkpoint").exists()  # else nothing to evaluate
-                and done_iterations(r.run_dir(self.results)) != reported.get(r.name, 0)]
+                and (done := done_iterations(r.run_dir(self.results))) != reported.get(r.name, 0)
+                and done != listed.get(r.name)]
 
     def report(self, threads: int) -> None:
         """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one,
@@ -561,8 +564,19 @@ def _table1_iterations(results: Path) -> dict:
 
 def _reported(results: Path, queue: list[Run] | None = None) -> dict:
     """{run name: iterations} as of each run's last successful report: results/campaign.json, or
-    for a run it does not list, the iterations its result file records (results/table1.json,
-    results/rl/<env>.json, results/sinusoid/summary.json for seed runs)."""
+    for a run it does not list, the iterations its result file records (`_listed`)."""
+    out = _listed(results, queue)
+    path = results / "campaign.json"
+    try:
+        out.update(json.loads(path.read_text())["reported_iterations"] if path.exists() else {})
+    except (json.JSONDecodeError, KeyError):
+        pass
+    return out
+
+
+def _listed(results: Path, queue: list[Run] | None = None) -> dict:
+    """{run name: iterations} as the result files record them: results/table1.json,
+    results/rl/<env>.json, and results/sinusoid/summary.json for seed runs."""
     out = {}
     t1 = _table1_iterations(results)
     for run in queue or QUEUE:
@@ -577,11 +591,6 @@ def _reported(results: Path, queue: list[Run] | None = None) -> dict:
                 out[run.name] = rl["runs"][run.report[2]]["iterations"]
             except (OSError, json.JSONDecodeError, KeyError):
                 pass
-    path = results / "campaign.json"
-    try:
-        out.update(json.loads(path.read_text())["reported_iterations"] if path.exists() else {})
-    except (json.JSONDecodeError, KeyError):
-        pass
     return out
 
 

@@ -188,6 +188,11 @@ def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omnigl
     import shutil
     shutil.copytree(tmp_path / "omniglot_5w5s" / "mlp_seed3", tmp_path / "omniglot_5w5s" / "mlp_seed4")
     assert campaign.evaluated(runs, tmp_path) == {runs[0].name: 40, runs[1].name: 40}
+    # what moved: seed 4 (listed nowhere). Not the others, even where campaign.json lags behind
+    # table1.json (a report that timed out, then run by hand with the same command)
+    from maml_tf import records
+    records.write_json(tmp_path / "campaign.json", {"reported_iterations": {runs[0].name: 10, runs[1].name: 10}})
+    assert campaign.Campaign(runs, tmp_path, 1, 1, 1).moved() == [runs[2]]
     # the meta-validation curve that table1 reports beside a falling test curve is the one that
     # picked the checkpoint: at the protocol's step it is the best logged meta-validation accuracy
     from reproduce import common
