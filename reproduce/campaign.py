@@ -486,7 +486,7 @@ class Campaign:
         cells = [r for r in moved if r.report[0] == "table1"]
         if cells:
             names = ",".join(dict.fromkeys(r.report[1] for r in cells))  # a cell's stages share a run: once
-            jobs.append((["reproduce.table1", "--eval-only", "--cells", names], cells))
+            jobs.append((["reproduce.table1", "--eval-only", "--reuse-unchanged", "--cells", names], cells))
         for env in dict.fromkeys(r.report[1] for r in moved if r.report[0] == "rl"):
             runs = [r for r in moved if r.report[0] == "rl" and r.report[1] == env]
             jobs.append((["reproduce.rl", env, "--eval-only", "--methods", *dict.fromkeys(r.report[2] for r in runs)],

@@ -61,7 +61,38 @@ CELLS = [
 ]
 
 
-def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool) -> dict:
+# what a reused test evaluation carries over (`run_cell`'s `previous`): the test numbers and the
+# provenance of the evaluation that measured them
+REUSED = ("accuracy", "ci95", "accuracy_by_step", "ci95_by_step", "paired_ci95_by_step", "commit", "machine")
+
+
+def best_digest(run_dir) -> str | None:
+    """sha256 over the files of the run's best checkpoint (best/<prefix>.index and .data-*), or None
+    when it has none yet: what identifies the parameters a test evaluation measured."""
+    import hashlib
+    import re
+    best = Path(run_dir) / "best"
+    try:
+        prefix = re.search(r'^model_checkpoint_path: "(.+)"$', (best / "checkpoint").read_text(), re.M).group(1)
+    except (OSError, AttributeError):
+        return None
+    files = sorted(best.glob(f"{prefix}.*"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool,
+             previous: dict | None = None) -> dict:
+    """The cell's row of Table 1. With `previous` (the cell's row in table1.json, from
+    `--reuse-unchanged`), a picked checkpoint that has not changed since (the same files, step and
+    test protocol; no runs of other seeds, whose comparison needs the per-task results) keeps its
+    test numbers and their provenance instead of being evaluated again; iterations, status, wall time
+    and the notes follow the run as it is now."""
     from maml_tf import supervised, tasks  # here: --help answers without TensorFlow
     from maml_tf import train as train_lib
     row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
@@ -85,11 +116,22 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
     best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
-    row.update(evaluate_run(best, best_step, cfg, run_dir, test_source), commit=records.commit(), seed=cfg.seed,
-               machine=records.machine(), eval_seed=cfg.eval.seed, eval_tasks=cfg.eval.tasks,
-               test_steps=cfg.eval.steps)
-    done = row["iterations"]
     seeds = other_seeds(cell, iterations, run_dir, test_source)
+    protocol = {"eval_seed": cfg.eval.seed, "eval_tasks": cfg.eval.tasks, "test_steps": cfg.eval.steps}
+    digest = best_digest(run_dir)
+    reuse = bool(previous and digest and not seeds and previous.get("evaluated_checkpoint_sha256") == digest
+                 and previous.get("evaluated_checkpoint_step") == best_step and previous.get("config") == cell.config
+                 and all(previous.get(k) == v for k, v in protocol.items()) and all(k in previous for k in REUSED))
+    if reuse:
+        row.update({k: previous[k] for k in REUSED}, **run_record(best, best_step, run_dir))
+    else:
+        row.update(evaluate_run(best, best_step, cfg, run_dir, test_source), commit=records.commit(),
+                   machine=records.machine())
+    row.update(seed=cfg.seed, **protocol)
+    if digest:
+        row["evaluated_checkpoint_sha256"] = digest
+    kept = lambda key: previous[key] if reuse and key in previous else None  # noqa: E731
+    done = row["iterations"]
     if cell.paper_accuracy is not None:
         row["paper_inside_ci"] = inside(row["accuracy"], row["ci95"], cell.paper_accuracy)
         # the full runs of two or more seeds against the paper's value (one column: the headline step)
@@ -99,7 +141,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
             row["seeds_vs_paper"] = {"runs": against["runs"], "difference": round(a["difference"], 2),
                                      "allowed": round(a["allowed"], 2), "df": a["df"]}
         if row["status"] == "full" and not row["paper_inside_ci"] and cfg.train.val_tasks:
-            row["accuracy_by_split"] = split_check(best, cfg)
+            row["accuracy_by_split"] = kept("accuracy_by_split") or split_check(best, cfg)
     for r in [row] + seeds:
         r.pop("_per_task", None)
     if seeds:
@@ -115,7 +157,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         notes.append(validation_trend(run_dir))
     trend = step_trend(row, cfg)
     if trend and cfg.train.val_tasks:  # the same curve on meta-validation tasks: not a test-set accident
-        row["val_accuracy_by_step"] = validation_by_step(best, cfg)
+        row["val_accuracy_by_step"] = kept("val_accuracy_by_step") or validation_by_step(best, cfg)
         trend += (f"; on {cfg.train.val_tasks} meta-validation tasks: " +
                   " / ".join(f"{a:.2f}" for a in row["val_accuracy_by_step"][1:]))
     notes += [trend, split_note(row), seed_spread(row)]
@@ -130,17 +172,23 @@ def evaluate_run(best, best_step: int, cfg, run_dir, test_source) -> dict:
     from maml_tf import evaluate
     res = evaluate_protocol(best, cfg, test_source)
     step = cfg.eval.headline_step
-    done = int(best.step.numpy())
     per_task = [100 * np.asarray(res["per_task"][step], dtype=np.float64)]  # the headline column (seeds' statistics; not written)
     paired = evaluate.ci95(res["per_task"] - res["per_task"][step])  # each step against the headline, task by task
     return {"accuracy": round(100 * float(res["mean"][step]), 2), "ci95": round(100 * float(res["ci95"][step]), 2),
             "accuracy_by_step": [round(100 * float(a), 2) for a in res["mean"]],
             "ci95_by_step": [round(100 * float(c), 2) for c in res["ci95"]],
             "paired_ci95_by_step": [round(100 * float(c), 2) for c in paired],
-            "iterations": done, "evaluated_checkpoint_step": best_step,
+            **run_record(best, best_step, run_dir), "_per_task": per_task}
+
+
+def run_record(best, best_step: int, run_dir) -> dict:
+    """What a row says of the run itself: iterations done (the latest checkpoint's), the iteration
+    of the evaluated parameters, wall time, status against the paper's budget, training commits."""
+    done = int(best.step.numpy())
+    return {"iterations": done, "evaluated_checkpoint_step": best_step,
             "wall_time_s": round(float(best.wall_time.numpy()), 1),
             "status": "full" if done >= PAPER_ITERATIONS else "partial",
-            "training_commits": runs.training_commits(run_dir), "_per_task": per_task}
+            "training_commits": runs.training_commits(run_dir)}
 
 
 def evaluate_protocol(best, cfg, source) -> dict:
@@ -393,6 +441,9 @@ def _main(argv=None) -> int:
     p.add_argument("--cells", default=None, help="comma-separated cell names (default: all): "
                    + ", ".join(c.name for c in CELLS))
     p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, train nothing")
+    p.add_argument("--reuse-unchanged", action="store_true",
+                   help="keep the test numbers of table1.json for a cell whose picked checkpoint has not changed "
+                        "since they were measured (same files, step and protocol); the campaign's reports use it")
     args = common.parse(p, argv)
     wanted = set(args.cells.split(",")) if args.cells else None
     unknown = (wanted or set()) - {c.name for c in CELLS}
@@ -421,7 +472,8 @@ def _main(argv=None) -> int:
                 continue
             if not args.quiet:
                 print(f"== {cell.name}", file=sys.stderr)
-            rows.append(run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet))
+            rows.append(run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet,
+                                 previous.get(key) if args.reuse_unchanged else None))
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

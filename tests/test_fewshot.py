@@ -312,3 +312,39 @@ def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
     row["other_seeds"][1]["status"] = "partial"
     row["other_seeds"][0]["status"] = "partial"
     assert "mean" not in table1.seed_spread(row)
+
+
+def test_the_campaigns_report_reuses_the_test_numbers_of_an_unchanged_picked_checkpoint(omniglot_npz, tmp_path,
+                                                                                         monkeypatch):
+    """`--reuse-unchanged` (the campaign's reports): a cell whose picked checkpoint is the one
+    table1.json measured keeps those numbers without evaluating again; other files, or no flag
+    (`make table1`), evaluate."""
+    import json
+    from reproduce import table1
+    from reproduce import train as train_entry
+    assert train_entry.main([
+        "omniglot/mlp_5w1s", "--iterations", "20", "--set", f"task.path={omniglot_npz}", "--set", "train.meta_batch=4",
+        "--set", "train.checkpoint_every=10", "--set", "train.log_every=10", "--set", "train.val_every=10",
+        "--set", "train.val_tasks=20", "--threads", "1", "--quiet", "--results", str(tmp_path)]) == 0
+    build = tasks.build
+    monkeypatch.setattr(tasks, "build", lambda spec, split="train": build({**spec, "path": str(omniglot_npz)}, split))
+    calls = []
+    evaluate_protocol = table1.evaluate_protocol
+    monkeypatch.setattr(table1, "evaluate_protocol", lambda *a: calls.append(1) or evaluate_protocol(*a))
+    args = ["--eval-only", "--cells", "omniglot_5w1s_mlp", "--results", str(tmp_path), "--quiet"]
+    row = lambda: next(r for r in json.loads((tmp_path / "table1.json").read_text())  # noqa: E731
+                       if r["config"] == "omniglot/mlp_5w1s")
+    assert table1.main(args) == 0 and len(calls) == 1
+    first = row()
+    assert first["iterations"] == 20 and len(first["evaluated_checkpoint_sha256"]) == 64
+    assert table1.best_digest(tmp_path / "omniglot_5w1s" / "mlp") == first["evaluated_checkpoint_sha256"]
+    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 1  # not evaluated again
+    assert row() == first
+    assert table1.main(args) == 0 and len(calls) == 2  # without the flag: evaluated
+    rows = json.loads((tmp_path / "table1.json").read_text())
+    for r in rows:
+        if r["config"] == "omniglot/mlp_5w1s":
+            r["evaluated_checkpoint_sha256"], r["accuracy"] = "0" * 64, -1.0  # other parameters measured that
+    (tmp_path / "table1.json").write_text(json.dumps(rows))
+    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 3
+    assert row()["accuracy"] == first["accuracy"] and row()["evaluated_checkpoint_sha256"] == first["evaluated_checkpoint_sha256"]
