@@ -469,14 +469,16 @@ class Campaign:
     def moved(self) -> list[Run]:
         """The runs whose iterations differ from those their last successful report saw
         (results/campaign.json): a report that failed, or a campaign killed before its reports,
-        is made up for by the next campaign. A run whose result file already lists it at its
+        is made up for by the next campaign. A Table 1 cell that table1.json already lists at its
         current iterations is not moved, even where campaign.json lags (a report that timed out
-        and was then run by hand with the same command)."""
+        and was then run by hand with the same command): table1 writes its JSON last. (Not so for
+        the others: reproduce.rl and reproduce.sinusoid write tables and figures after their JSON,
+        and an RL context run's table is written by reproduce.appendix after reproduce.rl.)"""
         reported, listed = _reported(self.results, self.queue), _listed(self.results, self.queue)
         return [r for r in self.queue if r.report
                 and (r.run_dir(self.results) / "checkpoints" / "checkpoint").exists()  # else nothing to evaluate
                 and (done := done_iterations(r.run_dir(self.results))) != reported.get(r.name, 0)
-                and done != listed.get(r.name)]
+                and not (r.report[0] == "table1" and done == listed.get(r.name))]
 
     def report(self, threads: int) -> None:
         """Evaluate what moved: Table 1 cells in one call, each RL environment's methods in one,
@@ -495,13 +497,16 @@ class Campaign:
         if sinusoid:  # (its seed runs: the report evaluates every method and every seed)
             jobs.append((["reproduce.sinusoid", "--eval-only"], sinusoid))
         appendix: dict[str, list] = {}
+        deferred = set()  # RL context runs: reported once reproduce.appendix has succeeded after reproduce.rl
         for r in moved:
             if r.report[0] == "appendix":
                 appendix.setdefault(r.report[1], []).append(r)
             if r.report[0] == "rl" and r.report[2] == "context":
-                appendix.setdefault("context", [])  # after reproduce.rl has evaluated it
+                appendix.setdefault("context", []).append(r)  # after reproduce.rl has evaluated it
+                deferred.add(r)
         for name, runs in appendix.items():
             jobs.append((["reproduce.appendix", name], runs))
+        failed = set()
         for args, runs in jobs:
             cmd = [self.python, "-m", *args, "--threads", str(threads), "--quiet", "--results", str(self.results)]
             self.log(f"campaign: {' '.join(cmd[1:])}")
@@ -512,7 +517,9 @@ class Campaign:
                 rc = "timeout"
             if rc != 0:
                 self.log(f"campaign: the report ended with {rc}; the next campaign runs it again")
+                failed.update(runs)
                 continue
+            runs = [r for r in runs if r not in failed and (r not in deferred or args[0] == "reproduce.appendix")]
             reported = _reported(self.results, self.queue)
             reported.update(evaluated(runs, self.results))
             records.write_json(self.results / "campaign.json", {"reported_iterations": dict(sorted(reported.items()))})

@@ -5,7 +5,7 @@ meta-validation picked, evaluate it on 600 fixed test tasks, and write results/t
 results/table1.json beside the paper's numbers. Cells whose data is absent, or that have no
 checkpoint with --eval-only, are reported as not run, with the reason.
 
-    python -m reproduce.table1 [--iterations N] [--cells omniglot_5w1s_conv,...] [--eval-only]
+    python -m reproduce.table1 [--iterations N] [--cells omniglot_5w1s_conv,...] [--eval-only [--reuse-unchanged]]
 """
 from __future__ import annotations
 
@@ -86,13 +86,23 @@ def best_digest(run_dir) -> str | None:
     return h.hexdigest()
 
 
+def config_digest(cfg) -> str:
+    """sha256 of every setting of the config but its budget (train.iterations): the test protocol
+    and everything else an evaluation reads (task, model, eval, the step size, meta-validation)."""
+    import hashlib
+    settings = cfg.to_dict()
+    settings["train"].pop("iterations", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool,
              previous: dict | None = None) -> dict:
     """The cell's row of Table 1. With `previous` (the cell's row in table1.json, from
-    `--reuse-unchanged`), a picked checkpoint that has not changed since (the same files, step and
-    test protocol; no runs of other seeds, whose comparison needs the per-task results) keeps its
-    test numbers and their provenance instead of being evaluated again; iterations, status, wall time
-    and the notes follow the run as it is now."""
+    `--reuse-unchanged`), a picked checkpoint that has not changed since (the same files and step,
+    the same settings but the budget; no runs of other seeds, whose comparison needs the per-task
+    results) keeps its test numbers and their provenance instead of being evaluated again;
+    iterations, status, wall time and the notes follow the run as it is now. A change to the
+    evaluation code is not seen: `make table1` (no reuse) measures again."""
     from maml_tf import supervised, tasks  # here: --help answers without TensorFlow
     from maml_tf import train as train_lib
     row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
@@ -115,13 +125,14 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         return row
     if not eval_only:
         train_lib.train(cfg, run_dir, quiet=quiet)
+    digest = best_digest(run_dir)  # (before the restore: a checkpoint written between them is not reused)
     best, best_step = train_lib.restore(cfg, run_dir, "best")  # its step and wall time: the latest's
     seeds = other_seeds(cell, iterations, run_dir, test_source)
     protocol = {"eval_seed": cfg.eval.seed, "eval_tasks": cfg.eval.tasks, "test_steps": cfg.eval.steps}
-    digest = best_digest(run_dir)
+    settings = config_digest(cfg)
     reuse = bool(previous and digest and not seeds and previous.get("evaluated_checkpoint_sha256") == digest
                  and previous.get("evaluated_checkpoint_step") == best_step and previous.get("config") == cell.config
-                 and all(previous.get(k) == v for k, v in protocol.items()) and all(k in previous for k in REUSED))
+                 and previous.get("evaluated_config_sha256") == settings and all(k in previous for k in REUSED))
     if reuse:
         row.update({k: previous[k] for k in REUSED}, **run_record(best, best_step, run_dir))
     else:
@@ -129,7 +140,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
                    machine=records.machine())
     row.update(seed=cfg.seed, **protocol)
     if digest:
-        row["evaluated_checkpoint_sha256"] = digest
+        row.update(evaluated_checkpoint_sha256=digest, evaluated_config_sha256=settings)
     kept = lambda key: previous[key] if reuse and key in previous else None  # noqa: E731
     done = row["iterations"]
     if cell.paper_accuracy is not None:

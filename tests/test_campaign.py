@@ -387,3 +387,34 @@ def test_a_cells_two_stages_are_reported_by_one_evaluation_that_names_the_cell_o
                           log=lambda m: None)
     c.report(threads=1)
     assert len(calls) == 1 and calls[0][calls[0].index("--cells") + 1] == "miniimagenet_5w1s_conv"
+
+
+def test_an_rl_context_run_counts_as_reported_only_once_its_appendix_table_is_written_too(tmp_path, monkeypatch):
+    """reproduce.rl evaluates the context run, reproduce.appendix context then writes its table:
+    a failure of either leaves the run to the next campaign, even where rl/ENV.json lists it."""
+    ctx, maml = (campaign.Run(f"rl/point/{m}", ("rl", "point", m)) for m in ("context", "maml"))
+    monkeypatch.setattr(campaign, "done_iterations", lambda run_dir: 7)
+    c = campaign.Campaign([maml, ctx], tmp_path, hours=0.01, cores=1, report_minutes=0, python="py",
+                          log=lambda m: None)
+    for r in (ctx, maml):
+        (r.run_dir(tmp_path) / "checkpoints").mkdir(parents=True)
+        (r.run_dir(tmp_path) / "checkpoints" / "checkpoint").write_text("")
+    (tmp_path / "rl" / "point.json").write_text(json.dumps({"runs": {m: {"iterations": 7} for m in ("context", "maml")}}))
+    (tmp_path / "campaign.json").write_text(json.dumps({"reported_iterations": {ctx.name: 3, maml.name: 3}}))
+    assert c.moved() == [maml, ctx]  # rl/point.json is no proof that the tables after it were written
+    rcs, calls = {"reproduce.rl": 0, "reproduce.appendix": 1}, []
+
+    class Done:
+        def __init__(self, module):
+            self.returncode = rcs[module]
+
+    monkeypatch.setattr(campaign.subprocess, "run", lambda cmd, **kw: calls.append(cmd[2]) or Done(cmd[2]))
+    reported = lambda: json.loads((tmp_path / "campaign.json").read_text())["reported_iterations"]  # noqa: E731
+    c.report(threads=1)
+    assert calls == ["reproduce.rl", "reproduce.appendix"] and reported() == {maml.name: 7, ctx.name: 3}
+    rcs.update({"reproduce.rl": 1, "reproduce.appendix": 0})   # the appendix table from a failed evaluation
+    c.report(threads=1)
+    assert reported() == {maml.name: 7, ctx.name: 3}
+    rcs["reproduce.rl"] = 0
+    c.report(threads=1)
+    assert reported() == {maml.name: 7, ctx.name: 7} and c.moved() == []

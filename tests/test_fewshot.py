@@ -317,10 +317,13 @@ def test_table1_reports_a_falling_step_curve_and_the_seed_spread():
 def test_the_campaigns_report_reuses_the_test_numbers_of_an_unchanged_picked_checkpoint(omniglot_npz, tmp_path,
                                                                                          monkeypatch):
     """`--reuse-unchanged` (the campaign's reports): a cell whose picked checkpoint is the one
-    table1.json measured keeps those numbers without evaluating again; other files, or no flag
-    (`make table1`), evaluate."""
+    table1.json measured, under the same settings, keeps those numbers and the provenance of their
+    evaluation, while the rest of its row follows the run; other checkpoint files, other settings,
+    a run of another seed, or no flag (`make table1`), evaluate."""
     import json
-    from reproduce import table1
+    import shutil
+    from maml_tf import records
+    from reproduce import common, table1
     from reproduce import train as train_entry
     assert train_entry.main([
         "omniglot/mlp_5w1s", "--iterations", "20", "--set", f"task.path={omniglot_npz}", "--set", "train.meta_batch=4",
@@ -332,19 +335,37 @@ def test_the_campaigns_report_reuses_the_test_numbers_of_an_unchanged_picked_che
     evaluate_protocol = table1.evaluate_protocol
     monkeypatch.setattr(table1, "evaluate_protocol", lambda *a: calls.append(1) or evaluate_protocol(*a))
     args = ["--eval-only", "--cells", "omniglot_5w1s_mlp", "--results", str(tmp_path), "--quiet"]
-    row = lambda: next(r for r in json.loads((tmp_path / "table1.json").read_text())  # noqa: E731
-                       if r["config"] == "omniglot/mlp_5w1s")
+    path = tmp_path / "table1.json"
+    row = lambda: next(r for r in json.loads(path.read_text()) if r["config"] == "omniglot/mlp_5w1s")  # noqa: E731
+
+    def edit(**values):  # the cell's row in table1.json, as an earlier report would have left it
+        rows = json.loads(path.read_text())
+        for r in rows:
+            if r["config"] == "omniglot/mlp_5w1s":
+                r.update(values)
+        path.write_text(json.dumps(rows))
+
     assert table1.main(args) == 0 and len(calls) == 1
     first = row()
     assert first["iterations"] == 20 and len(first["evaluated_checkpoint_sha256"]) == 64
     assert table1.best_digest(tmp_path / "omniglot_5w1s" / "mlp") == first["evaluated_checkpoint_sha256"]
+    # an earlier report, at fewer iterations, by another commit: its numbers and provenance are
+    # kept, the iterations and status are the run's
+    monkeypatch.setattr(records, "commit", lambda: "f" * 40)
+    edit(iterations=10, status="full", commit="e" * 40, accuracy=first["accuracy"] + 1)
     assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 1  # not evaluated again
-    assert row() == first
+    assert row() == {**first, "commit": "e" * 40, "accuracy": first["accuracy"] + 1}
     assert table1.main(args) == 0 and len(calls) == 2  # without the flag: evaluated
-    rows = json.loads((tmp_path / "table1.json").read_text())
-    for r in rows:
-        if r["config"] == "omniglot/mlp_5w1s":
-            r["evaluated_checkpoint_sha256"], r["accuracy"] = "0" * 64, -1.0  # other parameters measured that
-    (tmp_path / "table1.json").write_text(json.dumps(rows))
-    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 3
-    assert row()["accuracy"] == first["accuracy"] and row()["evaluated_checkpoint_sha256"] == first["evaluated_checkpoint_sha256"]
+    assert row() == {**first, "commit": "f" * 40}
+    edit(evaluated_checkpoint_sha256="0" * 64, accuracy=-1.0)  # other parameters measured that
+    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 3 and row()["accuracy"] == first["accuracy"]
+    load = common.load  # other settings (here the test's step size): evaluated
+    monkeypatch.setattr(common, "load", lambda name, it=None, sets=(): load(
+        name, it, [*sets, "eval.inner_lr=0.05"] if name == "omniglot/mlp_5w1s" else sets))
+    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 4
+    assert row()["evaluated_config_sha256"] != first["evaluated_config_sha256"]
+    monkeypatch.setattr(common, "load", load)
+    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 5 and row() == {**first, "commit": "f" * 40}
+    # a run of another seed beside it: its comparison needs this run's per-task results
+    shutil.copytree(tmp_path / "omniglot_5w1s" / "mlp", tmp_path / "omniglot_5w1s" / "mlp_seed3")
+    assert table1.main([*args, "--reuse-unchanged"]) == 0 and len(calls) == 7
