@@ -359,6 +359,12 @@ def write_table(queue: list[Run], results: Path, running=None, notes=None) -> st
 
 # ----------------------------------------------------------------------------- running it
 
+# the MAML rows that Appendix C's context tables show (reproduce.appendix context), by report:
+# when one of them moves, the campaign writes those tables again
+CONTEXT_TABLE_MAML_ROWS = {("table1", "omniglot_5w1s_conv"), ("table1", "omniglot_5w5s_conv"),
+                           ("rl", "point", "maml"), ("rl", "cheetah_dir", "maml")}
+
+
 class Campaign:
     """The scheduler: `cores` workers at a time, stopped `report_minutes` before `hours` are up."""
 
@@ -504,6 +510,8 @@ class Campaign:
             if r.report[0] == "rl" and r.report[2] == "context":
                 appendix.setdefault("context", []).append(r)  # after reproduce.rl has evaluated it
                 deferred.add(r)
+            if r.report[:3] in CONTEXT_TABLE_MAML_ROWS:  # the MAML rows beside the context vector's
+                appendix.setdefault("context", [])
         for name, runs in appendix.items():
             jobs.append((["reproduce.appendix", name], runs))
         failed = set()

@@ -418,3 +418,10 @@ def test_an_rl_context_run_counts_as_reported_only_once_its_appendix_table_is_wr
     rcs["reproduce.rl"] = 0
     c.report(threads=1)
     assert reported() == {maml.name: 7, ctx.name: 7} and c.moved() == []
+    # the MAML row beside it moved alone: its context table is written again too (each such row is
+    # a report of the queue's)
+    assert campaign.CONTEXT_TABLE_MAML_ROWS <= {r.report[:3] for r in campaign.QUEUE}
+    calls.clear()
+    (tmp_path / "campaign.json").write_text(json.dumps({"reported_iterations": {ctx.name: 7, maml.name: 3}}))
+    c.report(threads=1)
+    assert calls == ["reproduce.rl", "reproduce.appendix"] and reported() == {maml.name: 7, ctx.name: 7}
