@@ -67,23 +67,19 @@ REUSED = ("accuracy", "ci95", "accuracy_by_step", "ci95_by_step", "paired_ci95_b
 
 
 def best_digest(run_dir) -> str | None:
-    """sha256 over the files of the run's best checkpoint (best/<prefix>.index and .data-*), or None
-    when it has none yet: what identifies the parameters a test evaluation measured."""
+    """sha256 over the files of the run's best checkpoint (best/<prefix>.index and .data-*: their
+    names, which hold its step, and contents), or None when it has none yet: what identifies the
+    parameters a test evaluation measured."""
     import hashlib
     import re
+    from data_prep.common import sha256
     best = Path(run_dir) / "best"
     try:
         prefix = re.search(r'^model_checkpoint_path: "(.+)"$', (best / "checkpoint").read_text(), re.M).group(1)
     except (OSError, AttributeError):
         return None
     files = sorted(best.glob(f"{prefix}.*"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    return hashlib.sha256(" ".join(f"{f.name}:{sha256(f)}" for f in files).encode()).hexdigest() if files else None
 
 
 def config_digest(cfg) -> str:
@@ -130,9 +126,9 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     seeds = other_seeds(cell, iterations, run_dir, test_source)
     protocol = {"eval_seed": cfg.eval.seed, "eval_tasks": cfg.eval.tasks, "test_steps": cfg.eval.steps}
     settings = config_digest(cfg)
+    # (the two digests imply the step, the config's settings and a row written with every REUSED key)
     reuse = bool(previous and digest and not seeds and previous.get("evaluated_checkpoint_sha256") == digest
-                 and previous.get("evaluated_checkpoint_step") == best_step and previous.get("config") == cell.config
-                 and previous.get("evaluated_config_sha256") == settings and all(k in previous for k in REUSED))
+                 and previous.get("evaluated_config_sha256") == settings)
     if reuse:
         row.update({k: previous[k] for k in REUSED}, **run_record(best, best_step, run_dir))
     else:
@@ -454,7 +450,8 @@ def _main(argv=None) -> int:
     p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, train nothing")
     p.add_argument("--reuse-unchanged", action="store_true",
                    help="keep the test numbers of table1.json for a cell whose picked checkpoint has not changed "
-                        "since they were measured (same files, step and protocol); the campaign's reports use it")
+                        "since they were measured (same files and step, same settings but the budget, no runs of "
+                        "other seeds); the campaign's reports use it. Without it every picked checkpoint is evaluated")
     args = common.parse(p, argv)
     wanted = set(args.cells.split(",")) if args.cells else None
     unknown = (wanted or set()) - {c.name for c in CELLS}
