@@ -303,6 +303,25 @@ def test_short_point_meta_training_improves_the_post_update_return():
     assert end > start + 5, [(h["pre_return"], h["post_return"]) for h in history]
 
 
+def test_rl_paper_check_against_our_intervals():
+    """Each paper value is inside our 95% CI or not; outside, the gap is set against sqrt(2) x our
+    half-width (two 40-task evaluations) and its sign is said; a step we did not evaluate is '-'."""
+    from reproduce import rl as rl_repro
+    paper, oracle = rl_repro.PAPER["point"]                  # -40.41 / -11.68 / -3.33 / -3.23, -2.29
+    metrics = {"maml": {"returns": [paper[0] + 0.9, paper[1] - 1.2, paper[2] + 5.0], "ci95": [1.0, 1.0, 1.0]},
+               "oracle": {"returns": [oracle + 0.5], "ci95": [0.5]}}
+    check = rl_repro.paper_check("point", metrics)
+    assert [c and c[0] for c in check["maml"]] == [True, False, False, None]
+    assert check["oracle"][0][0]                             # on the edge of the interval counts as inside
+    runs = {"maml": {"status": "full"}, "oracle": {"status": "partial"}}
+    line = rl_repro.paper_check_finding("point", metrics, runs)
+    assert "MAML after 0..3 steps yes / no / no / -; oracle yes." in line
+    assert "step 1: the paper's 1.20 above ours, within ± 1.41" in line
+    assert "step 2: the paper's 5.00 below ours, beyond ± 1.41" in line
+    assert "step 0:" not in line and "oracle PARTIAL" in line and "maml and" not in line
+    assert rl_repro.paper_check_finding("point", {"random": metrics["maml"]}, runs) == ""
+
+
 def test_rl_table_and_figures_from_results(tmp_path):
     from reproduce import rl as rl_repro
     run = {"iterations": 3, "paper_iterations": 100, "status": "partial", "wall_time_s": 1.0}
@@ -317,6 +336,8 @@ def test_rl_table_and_figures_from_results(tmp_path):
     text = rl_repro.table(out)
     assert "| maml | 3 (100), PARTIAL | -40.00 ± 1.00 |" in text and "-11.68" in text
     assert any("PARTIAL" in f for f in summary["findings"])
+    assert "| paper in our 95% CI, MAML | | yes | no | no | no |  |" in text
+    assert "| paper in our 95% CI, oracle | | no |  |  |  |  |" in text
     paths = rl_repro.figures(out)
     assert [p.name for p in paths] == ["fig4_point.png"] and paths[0].stat().st_size > 0
     # --report-only rewrites stale findings, and leaves the JSON and table alone once they are current
