@@ -3,7 +3,9 @@
 For every cell: train (or resume) its config up to the budget, restore the checkpoint that
 meta-validation picked, evaluate it on 600 fixed test tasks, and write results/table1.md and
 results/table1.json beside the paper's numbers. Cells whose data is absent, or that have no
-checkpoint with --eval-only, are reported as not run, with the reason.
+checkpoint with --eval-only, are reported as not run, with the reason; a cell whose data is absent
+here but that table1.json lists as evaluated keeps that row (a clone without MiniImagenet's images
+leaves the committed MiniImagenet numbers as they are).
 
     python -m reproduce.table1 [--iterations N] [--cells omniglot_5w1s_conv,...] [--eval-only [--reuse-unchanged]]
 """
@@ -111,6 +113,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
         test_source = supervised.task_source(cfg, "test")
     except tasks.MissingData as e:
         row["note"] = str(e)
+        row["_missing_data"] = True  # (taken out by the caller, which may keep an earlier row instead)
         return row
     has_checkpoint = (run_dir / "checkpoints" / "checkpoint").exists()
     if eval_only and not has_checkpoint:
@@ -480,8 +483,14 @@ def _main(argv=None) -> int:
                 continue
             if not args.quiet:
                 print(f"== {cell.name}", file=sys.stderr)
-            rows.append(run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet,
-                                 previous.get(key) if args.reuse_unchanged else None))
+            row = run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet,
+                           previous.get(key) if args.reuse_unchanged else None)
+            if row.pop("_missing_data", False) and (previous.get(key) or {}).get("accuracy") is not None:
+                # a clone without this dataset keeps the committed evaluation of the committed checkpoint
+                print(f"note: {cell.name} not evaluated here ({row['note']}); its row keeps the evaluation of "
+                      f"commit {previous[key].get('commit', '?')[:12]}", file=sys.stderr)
+                row = previous[key]
+            rows.append(row)
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

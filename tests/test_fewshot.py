@@ -143,6 +143,15 @@ def test_table1_reports_cells_not_run_with_the_reason(tmp_path, monkeypatch):
             assert "make data-miniimagenet" in r["note"]
     assert "not_run" in (tmp_path / "table1.md").read_text()
     assert not (tmp_path / table1.FIGURE).exists()  # no run, no curve: no figure
+    # a clone without MiniImagenet's data keeps a MiniImagenet row that an earlier run evaluated
+    # (the committed numbers of the committed checkpoint), where a cell without a checkpoint stays not run
+    i = next(i for i, r in enumerate(rows) if r["dataset"] == "miniimagenet" and r["order"] == "second")
+    rows[i].update(accuracy=45.27, ci95=1.87, status="partial", iterations=15000, commit="c0ffee", note="evaluated")
+    (tmp_path / "table1.json").write_text(json.dumps(rows))
+    assert table1.main(["--eval-only", "--results", str(tmp_path), "--quiet"]) == 0
+    again = json.loads((tmp_path / "table1.json").read_text())
+    assert again[i] == rows[i] and "| 45.27 ± 1.87 |" in table1.markdown(again)
+    assert all(r["status"] == "not_run" for j, r in enumerate(again) if j != i)
 
 
 def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omniglot_npz, tmp_path, monkeypatch):
