@@ -134,11 +134,37 @@ def test_a_missing_or_corrupt_dataset_is_one_error_line(tmp_path, capsys, monkey
         assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_full_disk_is_one_error_line_and_the_run_resumes_from_what_was_written(tmp_path, capsys, monkeypatch):
+    """A write that fails for want of room (ENOSPC) mid-run ends it with exit code 2 and one
+    `error:` line saying what to do; the checkpoints written before stay, and the same command
+    resumes to the end once there is room."""
+    import errno
+    cfg_path = _write(tmp_path / "c.yaml", json.dumps(SINUSOID))
+    run = tmp_path / "run"
+    write = runs.Log.write
+
+    def full(self, step, values):
+        if step >= 30:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        write(self, step, values)
+    monkeypatch.setattr(runs.Log, "write", full)
+    assert train_entry.main([cfg_path, "--run-dir", str(run), "--quiet", "--threads", "1"]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 1 and err[0].startswith("error: cannot write or read") and "No space left" in err[0] \
+        and "Make room on the disk" in err[0], err
+    assert "ckpt-20" in (run / "checkpoints" / "checkpoint").read_text()
+    monkeypatch.setattr(runs.Log, "write", write)
+    assert train_entry.main([cfg_path, "--run-dir", str(run), "--quiet", "--threads", "1"]) == 0
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_stop_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(tmp_path, sig):
     """SIGKILL loses the iterations since the last checkpoint (they are trained again); SIGTERM
-    saves a checkpoint between two log steps. Either way the resumed run's parameters and
-    metrics.jsonl are those of a run that never stopped."""
+    and SIGINT save a checkpoint between two log steps and exit with code 130 and one `stopped:`
+    line. Either way the resumed run's parameters and metrics.jsonl are those of a run that never
+    stopped."""
     cfg_path = _write(tmp_path / "c.yaml", json.dumps(
         {**SINUSOID, "train": {**SINUSOID["train"], "iterations": 300, "log_every": 10, "checkpoint_every": 50}}))
     cmd = lambda run: [sys.executable, "-m", "reproduce.train", cfg_path, "--run-dir", str(run), "--quiet",
@@ -146,7 +172,8 @@ def test_a_stop_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(t
     subprocess.run(cmd(tmp_path / "straight"), cwd=ROOT, check=True, capture_output=True)
     killed = tmp_path / "killed"
     target = random.Random(os.getpid()).choice([k for k in range(70, 260, 10) if k % 50])
-    proc = subprocess.Popen(cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = (tmp_path / "stderr").open("w")
+    proc = subprocess.Popen(cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
     metrics, deadline = killed / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         rows = metrics.read_text().splitlines() if metrics.exists() else []
@@ -155,10 +182,14 @@ def test_a_stop_at_a_random_iteration_then_resume_matches_an_uninterrupted_run(t
         time.sleep(0.01)
     proc.send_signal(sig)
     proc.wait()
+    stderr.close()
     index = (killed / "checkpoints" / "checkpoint").read_text()
     assert "ckpt-300" not in index, "the run finished before it was stopped"
-    if sig == signal.SIGTERM:  # saved where it stopped, in general between two log steps
+    if sig != signal.SIGKILL:  # saved where it stopped, in general between two log steps
         assert int(index.split('"')[1].rsplit("-", 1)[1]) >= target
+        lines = [l for l in (tmp_path / "stderr").read_text().splitlines() if l.strip()]
+        assert proc.returncode == 130 and lines == ["stopped: a checkpoint was saved; the same command resumes "
+                                                    "the run"], (proc.returncode, lines)
     subprocess.run(cmd(killed), cwd=ROOT, check=True, capture_output=True)
     rows = lambda run: [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     a, b = rows(tmp_path / "straight"), rows(killed)
