@@ -10,8 +10,9 @@
     same env unwrapped (the class and the call the sampler makes per sub-env step: the baseline of
     the ratios); and the sampler's own meta_batch x trajectories unwrapped sub-envs stepped in turn
     with random actions and no policy (what stepping that many MuJoCo states costs per step, the
-    floor of the sampler's env loop). The single envs are reset every `horizon` steps, as the
-    sampler's are.
+    floor of the sampler's env loop before `step_many`); and the MuJoCo work of one env alone
+    (`mj_step` and the derived quantities, no Python env step: the floor of any sampler here,
+    `cpu_ratio_to_mujoco`). The single envs are reset every `horizon` steps, as the sampler's are.
 Every row has the wall and CPU (process) seconds of its fastest repeat, `env_steps_per_second`
 (wall) and `env_steps_per_cpu_second`, and `ratio_to_raw` / `cpu_ratio_to_raw`: its time per env step
 over the unwrapped raw row's, from the same run. The rows are timed in turn, `repeats` rounds
@@ -67,6 +68,29 @@ def _raw(env_id: str, steps: int, horizon: int, unwrapped: bool = False, seed: i
     row = {"name": f"raw {env_id}, 1 env, {kind}, random actions", "steps": steps,
            "frame_skip": getattr(env.unwrapped, "frame_skip", None), "num_envs": 1,
            "wrappers": "none" if unwrapped else _wrappers(env)}
+    return row, run
+
+
+def _mujoco_only(env_id: str, steps: int, horizon: int, seed: int = 0, **kwargs):
+    """(row, run): the MuJoCo work of `steps` env steps of one unwrapped env alone: random controls
+    written to `data.ctrl`, `mj_step` (the env's frame_skip) and the derived quantities its reward
+    and observation read (`_update_derived`), reset every `horizon` steps; no Python env step, no
+    policy. The floor of any sampler of this env in Python."""
+    import mujoco
+    env = gym.make(env_id, **kwargs).unwrapped
+    m, d, fs = env.model, env.data, env.frame_skip
+    ctrl = np.random.default_rng(seed).uniform(*m.actuator_ctrlrange.T, size=(steps, m.nu))
+
+    def run():
+        for k in range(steps):
+            if k % horizon == 0:
+                env.reset(seed=seed + k // horizon)
+            d.ctrl[:] = ctrl[k]
+            mujoco.mj_step(m, d, nstep=fs)
+            env._update_derived()
+
+    row = {"name": f"mujoco {env_id}, 1 env, mj_step and the derived quantities alone (the floor)",
+           "steps": steps, "frame_skip": fs, "num_envs": 1, "wrappers": "none"}
     return row, run
 
 
@@ -127,6 +151,7 @@ def sampler_benchmark(meta_batch: int = 40, trajectories: int = 20, horizon: int
         _raw("HalfCheetah-v5", raw_steps, horizon),
         _raw(ENV, raw_steps, horizon),
         _raw(ENV, raw_steps, horizon, unwrapped=True),
+        _mujoco_only(ENV, raw_steps, horizon),
         _round_robin(sampler.vec, max(1, raw_steps // n_envs)),
     ]
     times = [[] for _ in cases]
@@ -142,9 +167,11 @@ def sampler_benchmark(meta_batch: int = 40, trajectories: int = 20, horizon: int
                     "env_steps_per_cpu_second": row["steps"] / cpu, "cpu_seconds": cpu,
                     "repeats": repeats, "load_average": load})
     base = next(r for r in out if r["name"].startswith(f"raw {ENV}, 1 env, unwrapped"))
+    floor = next(r for r in out if r["name"].startswith(f"mujoco {ENV}"))
     for r in out:
         r["ratio_to_raw"] = base["env_steps_per_second"] / r["env_steps_per_second"]
         r["cpu_ratio_to_raw"] = base["env_steps_per_cpu_second"] / r["env_steps_per_cpu_second"]
+        r["cpu_ratio_to_mujoco"] = floor["env_steps_per_cpu_second"] / r["env_steps_per_cpu_second"]
     return out
 
 
@@ -211,8 +238,13 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
     for _ in range(repeats):
         theta, d0, d1, env_steps, info = one(timed)
     best = {k: min(v) for k, v in timed.items()}
-    raw_row, raw_run = _raw(cfg.env, 20000, t.horizon, unwrapped=True)
+    raw_row, raw_run = _raw(cfg.env, 20000, t.horizon, unwrapped=True, **cfg.env_kwargs)
     raw_s = min(_timed(raw_run)[0] for _ in range(2)) / raw_row["steps"]  # seconds per env step
+    if cfg.env in maml_tf.envs.MUJOCO_IDS:
+        mj_row, mj_run = _mujoco_only(cfg.env, 20000, t.horizon, **cfg.env_kwargs)
+        mj_s = min(_timed(mj_run)[0] for _ in range(2)) / mj_row["steps"]
+    else:  # the 2D point: its numpy step is all the work there is
+        mj_s = raw_s
     smp.close()
 
     def flops(fn, *args) -> int:
@@ -231,8 +263,9 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
     rows = {}
     for name, sec in best.items():
         if name.startswith("sample"):
-            floor = phase_steps[name] * raw_s
-            what = f"{phase_steps[name]} env steps at the raw rate"
+            floor = phase_steps[name] * mj_s
+            what = (f"{phase_steps[name]} env steps at the rate of MuJoCo's work alone ({raw_s / mj_s:.1f}x faster "
+                    f"than one unwrapped env's step)" if mj_s != raw_s else f"{phase_steps[name]} env steps at the raw rate")
         else:
             floor = fl[name] / rate if rate else None
             what = f"{fl[name] / 1e9:.2f} GFLOP at the matmul rate"
@@ -247,6 +280,7 @@ def iteration_benchmark(config: str = "rl/cheetah_vel/maml", rate: float | None 
             "iteration_seconds": iteration, "sampling_seconds": sampling,
             "optimisation_seconds": optimisation, "optimisation_to_sampling": optimisation / sampling,
             "raw_stepping_seconds": env_steps * raw_s, "iteration_to_raw_stepping": iteration / (env_steps * raw_s),
+            "mujoco_seconds": env_steps * mj_s, "iteration_to_mujoco": iteration / (env_steps * mj_s),
             "direction_to_its_kl_gradients": best["direction"] / (2 * hvps * best["kl_gradient"]),
             "first_iteration_seconds": first_s, "matmul_flops_per_second": rate, "phases": rows,
             "peak_resident_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,

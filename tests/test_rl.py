@@ -353,7 +353,7 @@ def test_rl_table_and_figures_from_results(tmp_path):
 
 # ----------------------------------------------------------------------------- the sampler, bit for bit
 
-def _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed):
+def _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed, env_kwargs=None):
     """What `Sampler.rollout` returns, by a plain loop over wrapped `gym.make` envs: sub-env i runs
     trajectory i % n_traj of task i // n_traj and is reset with seed `seed + i`; once per step the
     policy runs on all observations [T, n_traj, d] (float32) and the actions are mean + std * noise
@@ -366,7 +366,7 @@ def _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed):
     T, n = len(tasks), n_traj
     N = T * n
     policy = tf.function(lambda p, x: model.apply(p, x))
-    envs = [gym.make(env_id) for _ in range(N)]
+    envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(N)]
     obs = []
     for i, env in enumerate(envs):
         env.unwrapped.set_task(tasks[i // n])
@@ -397,16 +397,20 @@ def _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed):
                        rewards=seq(r_seq).reshape(T, n, horizon), mask=mask, lengths=mask.sum(-1).astype(np.int64))
 
 
-@pytest.mark.parametrize("env_id, n_tasks, n_traj, horizon, per_task, std_shift, ends", [
-    ("maml/HalfCheetahVel-v0", 3, 2, 30, True, 0.0, "horizon"),
-    ("maml/HalfCheetahVel-v0", 2, 2, 203, False, 0.0, "time limit"),  # the registered 200 steps
-    ("maml/AntVel-v0", 2, 3, 120, True, 2.0, "terminations"),         # wild actions: the ant falls
+@pytest.mark.parametrize("env_id, n_tasks, n_traj, horizon, per_task, std_shift, ends, env_kwargs", [
+    ("maml/HalfCheetahVel-v0", 3, 2, 30, True, 0.0, "horizon", None),
+    ("maml/HalfCheetahVel-v0", 2, 2, 203, False, 0.0, "time limit", None),  # the registered 200 steps
+    ("maml/HalfCheetahDir-v0", 2, 2, 40, True, 2.0, "horizon", None),       # wild actions: clipped
+    ("maml/HalfCheetahVel-v0", 2, 2, 25, True, 0.0, "horizon",              # every other setting
+     {"oracle": True, "obs_mode": "rllab", "velocity_mode": "finite_difference", "frame_skip": 5}),
+    ("maml/AntVel-v0", 2, 3, 120, True, 2.0, "terminations", None),         # wild actions: the ant falls
 ])
 def test_sampler_rollout_is_bit_identical_to_a_plain_loop(env_id, n_tasks, n_traj, horizon, per_task,
-                                                          std_shift, ends):
-    """The sampler (unwrapped sub-envs, its own time limit, in-place buffers) returns exactly the
-    observations, actions, rewards, masks and lengths of a plain loop over wrapped envs."""
-    obs_dim, act_dim = rl.env_dims(env_id)
+                                                          std_shift, ends, env_kwargs):
+    """The sampler (unwrapped sub-envs, its own time limit, in-place buffers; the half-cheetah's
+    sub-envs stepped all at once by `step_many`) returns exactly the observations, actions,
+    rewards, masks and lengths of a plain loop over wrapped envs."""
+    obs_dim, act_dim = rl.env_dims(env_id, env_kwargs)
     model = _policy(obs_dim, act_dim, hidden=(32, 32))
     params = model.init(4)
     if per_task:  # a different policy for every task
@@ -415,10 +419,11 @@ def test_sampler_rollout_is_bit_identical_to_a_plain_loop(env_id, n_tasks, n_tra
                   for j, (k, v) in enumerate(sorted(params.items()))}
     params = {**params, "log_std": params["log_std"] + std_shift}
     tasks = rl.task_sampler(env_id)(n_tasks, 5)
-    s = rl.Sampler(model, env_id, n_tasks, n_traj, horizon)
+    s = rl.Sampler(model, env_id, n_tasks, n_traj, horizon, env_kwargs)
+    assert (s._many is not None) == ("Cheetah" in env_id)  # the batched path is the one tested
     seed = 11
     got = s.rollout(params, tasks, seed)
-    ref = _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed)
+    ref = _reference_rollout(model, params, env_id, tasks, n_traj, horizon, seed, env_kwargs)
     s.close()
     for k in rl.Rollouts._fields:
         a, b = getattr(got, k), getattr(ref, k)

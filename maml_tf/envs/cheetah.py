@@ -108,6 +108,67 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
         return observation, float(reward), False, False, info
 
 
+    # settings that `step_many` needs equal across the envs it steps at once
+    _BATCH_SETTINGS = ("frame_skip", "velocity_mode", "obs_mode", "oracle", "_ctrl_cost_weight",
+                       "_exclude_current_positions_from_observation", "render_mode")
+
+    @classmethod
+    def can_step_many(cls, envs: list) -> bool:
+        """Whether `step_many` steps these unwrapped envs as their own `step` would: all of this
+        very class, one shared model, the same settings, no rendering."""
+        if not envs or any(type(e) is not type(envs[0]) for e in envs) or not isinstance(envs[0], cls):
+            return False
+        first = envs[0]
+        same = lambda e: all(getattr(e, k) == getattr(first, k) for k in cls._BATCH_SETTINGS)  # noqa: E731
+        return first.render_mode is None and all(e.model is first.model and same(e) for e in envs)
+
+    @classmethod
+    def step_many(cls, envs: list, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`step` of several envs at once (`can_step_many(envs)` must hold): observations [n, d],
+        rewards [n] and terminated [n] (never: the cheetah does not terminate), the same numbers
+        bit for bit as n calls of `step` (tested). What costs little per env in `step` is done once
+        for all here: the action's rescaling and control cost, the task reward and the observation
+        are vectorised over the envs; each env's own work is its MuJoCo step and derived
+        quantities. `info` is not built (its `unstable` flag: `step`)."""
+        first = envs[0]
+        m, n, fs = first.model, len(envs), first.frame_skip
+        a = np.asarray(actions, dtype=np.float64).reshape(n, m.nu)
+        ctrl = np.clip(first._ctrl_low + (a + 1.0) * 0.5 * (first._ctrl_high - first._ctrl_low),
+                       first._ctrl_low, first._ctrl_high)
+        ctrl_cost = first._ctrl_cost_weight * np.sum(np.square(ctrl / first._ctrl_half_range), axis=1)
+        qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
+        velocity = np.empty(n)
+        com = np.empty((n, 3)) if first.obs_mode == "rllab" else None
+        task = np.empty(n)
+        torso, by_com = first._torso_id, first.velocity_mode == "com"
+        step, kin, com_pos, com_vel, sub_vel = (mujoco.mj_step, mujoco.mj_kinematics, mujoco.mj_comPos,
+                                               mujoco.mj_comVel, mujoco.mj_subtreeVel)
+        for k, e in enumerate(envs):
+            if e._task_value is None:
+                raise RuntimeError("call reset() (or set_task) before step()")
+            d = e.data
+            x_before = d.qpos[0]
+            d.ctrl[:] = ctrl[k]
+            step(m, d, nstep=fs)
+            kin(m, d)  # = _update_derived
+            com_pos(m, d)
+            com_vel(m, d)
+            sub_vel(m, d)
+            qpos[k], qvel[k] = d.qpos, d.qvel
+            velocity[k] = d.subtree_linvel[torso, 0] if by_com else (d.qpos[0] - x_before) / e.dt
+            if com is not None:
+                com[k] = d.subtree_com[torso]
+            task[k] = e._task_value
+        forward = -np.abs(velocity - task) if first.task_type == "velocity" else task * velocity
+        if first.obs_mode == "rllab":
+            obs = [qpos[:, 1:], qvel, com]
+        else:
+            obs = [qpos[:, 1:] if first._exclude_current_positions_from_observation else qpos, qvel]
+        if first.oracle:
+            obs.append(task[:, None])
+        return np.concatenate(obs, axis=1), forward - ctrl_cost, np.zeros(n, bool)
+
+
 class HalfCheetahVelEnv(MetaHalfCheetahEnv):
     """Goal-velocity half-cheetah (``maml/HalfCheetahVel-v0``)."""
 
