@@ -170,6 +170,65 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
         return observation, float(reward), bool(terminated), False, info
 
 
+    _BATCH_SETTINGS = ("frame_skip", "velocity_mode", "obs_mode", "oracle", "_ctrl_cost_weight",
+                       "_contact_cost_weight", "_survive_reward", "_velocity_bonus", "_healthy_z_range",
+                       "_contact_force_range", "_exclude_current_positions_from_observation",
+                       "_include_cfrc_ext_in_observation", "render_mode")
+
+    @classmethod
+    def step_many(cls, envs: list, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`step` of several envs at once (`can_step_many(envs)` must hold): observations [n, d],
+        rewards [n] and terminated [n], the same numbers bit for bit as n calls of `step` (tested).
+        The action's rescaling, the costs, the task reward, the health test and the observation are
+        vectorised over the envs; each env's own work is its MuJoCo step, the derived quantities
+        and its instability count. `info` is not built."""
+        first = envs[0]
+        m, n, fs = first.model, len(envs), first.frame_skip
+        ctrl, squares = first._batch_controls(actions)
+        qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
+        cfrc = np.empty((n, m.nbody, 6))
+        velocity, task, unstable = np.empty(n), np.empty(n), np.zeros(n, bool)
+        rllab = first.obs_mode == "rllab"
+        xmat, com = (np.empty((n, 9)), np.empty((n, 3))) if rllab else (None, None)
+        torso, by_com = first._torso_id, first.velocity_mode == "com"
+        step, forward, rne, sub_vel = mujoco.mj_step, mujoco.mj_forward, mujoco.mj_rnePostConstraint, mujoco.mj_subtreeVel
+        for k, e in enumerate(envs):
+            if e._task_value is None:
+                raise RuntimeError("call reset() (or set_task) before step()")
+            d = e.data
+            x_before = d.qpos[0]
+            n_bad = e._instability_count()
+            d.ctrl[:] = ctrl[k]
+            step(m, d, nstep=fs)
+            forward(m, d)  # = _update_derived
+            rne(m, d)
+            sub_vel(m, d)
+            unstable[k] = e._instability_count() > n_bad
+            qpos[k], qvel[k], cfrc[k] = d.qpos, d.qvel, d.cfrc_ext
+            velocity[k] = d.subtree_linvel[torso, 0] if by_com else (d.qpos[0] - x_before) / e.dt
+            if rllab:
+                xmat[k], com[k] = d.xmat[torso], d.subtree_com[torso]
+            task[k] = e._task_value
+        if first.task_type == "velocity":
+            forward_reward = -np.abs(velocity - task) + first._velocity_bonus
+        else:
+            forward_reward = task * velocity
+        contact_cost = first._contact_cost_weight * np.sum(np.square(np.clip(cfrc, -1.0, 1.0)).reshape(n, -1), axis=1)
+        reward = forward_reward - first._ctrl_cost_weight * squares - contact_cost + first._survive_reward
+        min_z, max_z = first._healthy_z_range
+        healthy = (np.isfinite(qpos).all(1) & np.isfinite(qvel).all(1) & (min_z <= qpos[:, 2])
+                   & (qpos[:, 2] <= max_z))
+        if rllab:
+            obs = [qpos, qvel, np.clip(cfrc, -1.0, 1.0).reshape(n, -1), xmat, com]
+        else:
+            obs = [qpos[:, 2:] if first._exclude_current_positions_from_observation else qpos, qvel]
+            if first._include_cfrc_ext_in_observation:
+                obs.append(np.clip(cfrc, *first._contact_force_range)[:, 1:].reshape(n, -1))
+        if first.oracle:
+            obs.append(task[:, None])
+        return np.concatenate(obs, axis=1), reward, unstable | ~healthy
+
+
 class AntVelEnv(MetaAntEnv):
     """Goal-velocity ant (``maml/AntVel-v0``)."""
 

@@ -107,20 +107,8 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
             self.render()
         return observation, float(reward), False, False, info
 
-
-    # settings that `step_many` needs equal across the envs it steps at once
     _BATCH_SETTINGS = ("frame_skip", "velocity_mode", "obs_mode", "oracle", "_ctrl_cost_weight",
                        "_exclude_current_positions_from_observation", "render_mode")
-
-    @classmethod
-    def can_step_many(cls, envs: list) -> bool:
-        """Whether `step_many` steps these unwrapped envs as their own `step` would: all of this
-        very class, one shared model, the same settings, no rendering."""
-        if not envs or any(type(e) is not type(envs[0]) for e in envs) or not isinstance(envs[0], cls):
-            return False
-        first = envs[0]
-        same = lambda e: all(getattr(e, k) == getattr(first, k) for k in cls._BATCH_SETTINGS)  # noqa: E731
-        return first.render_mode is None and all(e.model is first.model and same(e) for e in envs)
 
     @classmethod
     def step_many(cls, envs: list, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,10 +120,8 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
         quantities. `info` is not built (its `unstable` flag: `step`)."""
         first = envs[0]
         m, n, fs = first.model, len(envs), first.frame_skip
-        a = np.asarray(actions, dtype=np.float64).reshape(n, m.nu)
-        ctrl = np.clip(first._ctrl_low + (a + 1.0) * 0.5 * (first._ctrl_high - first._ctrl_low),
-                       first._ctrl_low, first._ctrl_high)
-        ctrl_cost = first._ctrl_cost_weight * np.sum(np.square(ctrl / first._ctrl_half_range), axis=1)
+        ctrl, squares = first._batch_controls(actions)
+        ctrl_cost = first._ctrl_cost_weight * squares
         qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
         velocity = np.empty(n)
         com = np.empty((n, 3)) if first.obs_mode == "rllab" else None

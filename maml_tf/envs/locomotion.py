@@ -303,6 +303,27 @@ class _MetaLocomotionMixin:
     def task(self, task) -> None:
         self.set_task(task)
 
+    # ------------------------------------------------------------ several envs at once
+    _BATCH_SETTINGS: tuple = ()  # the settings `step_many` needs equal across the envs (the bodies')
+
+    @classmethod
+    def can_step_many(cls, envs: list) -> bool:
+        """Whether the body's `step_many` steps these unwrapped envs as their own `step` would: all
+        of this very class, one shared model, the same settings, no rendering."""
+        if not envs or any(type(e) is not type(envs[0]) for e in envs) or not isinstance(envs[0], cls):
+            return False
+        first = envs[0]
+        same = lambda e: all(getattr(e, k) == getattr(first, k) for k in cls._BATCH_SETTINGS)  # noqa: E731
+        return first.render_mode is None and all(e.model is first.model and same(e) for e in envs)
+
+    def _batch_controls(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`_rescale_action` of n actions at once: the controls [n, nu] and their squared
+        half-range-normalised sums [n] (what the control costs weigh), as n calls compute them."""
+        a = np.asarray(actions, dtype=np.float64).reshape(-1, self.model.nu)
+        ctrl = np.clip(self._ctrl_low + (a + 1.0) * 0.5 * (self._ctrl_high - self._ctrl_low),
+                       self._ctrl_low, self._ctrl_high)
+        return ctrl, np.sum(np.square(ctrl / self._ctrl_half_range), axis=1)
+
     # ------------------------------------------------------------ simulation
     def _update_derived(self) -> None:
         """Make the derived quantities used by rewards/observations describe the current state."""
