@@ -209,10 +209,9 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
             if rllab:
                 xmat[k], com[k] = d.xmat[torso], d.subtree_com[torso]
             task[k] = e._task_value
+        forward_reward = first._task_reward(velocity, task)
         if first.task_type == "velocity":
-            forward_reward = -np.abs(velocity - task) + first._velocity_bonus
-        else:
-            forward_reward = task * velocity
+            forward_reward = forward_reward + first._velocity_bonus
         contact_cost = first._contact_cost_weight * np.sum(np.square(np.clip(cfrc, -1.0, 1.0)).reshape(n, -1), axis=1)
         reward = forward_reward - first._ctrl_cost_weight * squares - contact_cost + first._survive_reward
         min_z, max_z = first._healthy_z_range

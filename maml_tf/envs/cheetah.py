@@ -145,7 +145,7 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
             if com is not None:
                 com[k] = d.subtree_com[torso]
             task[k] = e._task_value
-        forward = -np.abs(velocity - task) if first.task_type == "velocity" else task * velocity
+        forward = first._task_reward(velocity, task)
         if first.obs_mode == "rllab":
             obs = [qpos[:, 1:], qvel, com]
         else:

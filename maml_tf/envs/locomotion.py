@@ -264,8 +264,12 @@ class _MetaLocomotionMixin:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (self.model.nu,):
             raise ValueError(f"action must have shape ({self.model.nu},), got {np.shape(action)}")
-        ctrl = self._ctrl_low + (a + 1.0) * 0.5 * (self._ctrl_high - self._ctrl_low)
-        ctrl = np.clip(ctrl, self._ctrl_low, self._ctrl_high)
+        return self._controls(a)
+
+    def _controls(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rescaled, clipped controls of actions [..., nu] and the same divided by the half-range."""
+        ctrl = np.clip(self._ctrl_low + (a + 1.0) * 0.5 * (self._ctrl_high - self._ctrl_low),
+                       self._ctrl_low, self._ctrl_high)
         return ctrl, ctrl / self._ctrl_half_range
 
     # ------------------------------------------------------------------ tasks
@@ -319,10 +323,8 @@ class _MetaLocomotionMixin:
     def _batch_controls(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`_rescale_action` of n actions at once: the controls [n, nu] and their squared
         half-range-normalised sums [n] (what the control costs weigh), as n calls compute them."""
-        a = np.asarray(actions, dtype=np.float64).reshape(-1, self.model.nu)
-        ctrl = np.clip(self._ctrl_low + (a + 1.0) * 0.5 * (self._ctrl_high - self._ctrl_low),
-                       self._ctrl_low, self._ctrl_high)
-        return ctrl, np.sum(np.square(ctrl / self._ctrl_half_range), axis=1)
+        ctrl, a_norm = self._controls(np.asarray(actions, dtype=np.float64).reshape(-1, self.model.nu))
+        return ctrl, np.sum(np.square(a_norm), axis=1)
 
     # ------------------------------------------------------------ simulation
     def _update_derived(self) -> None:
@@ -343,10 +345,13 @@ class _MetaLocomotionMixin:
             return float(self.data.subtree_linvel[self._torso_id, 0])
         return (float(self.data.qpos[0]) - x_before) / self.dt
 
-    def _task_reward(self, velocity: float) -> float:
+    def _task_reward(self, velocity, task=None):
+        """The task's reward term for a forward velocity: one env's (its task), or arrays of
+        velocities and task values (`step_many`)."""
+        task = self._task_value if task is None else task
         if self.task_type == "velocity":
-            return -abs(velocity - self._task_value)
-        return self._task_value * velocity
+            return -np.abs(velocity - task)
+        return task * velocity
 
     # ------------------------------------------------------------ observation
     def _base_obs(self) -> np.ndarray:

@@ -106,11 +106,11 @@ def _sub_env_steps(vec) -> tuple[list, int | None] | None:
     return steps, limits.pop()
 
 
-def _many_step(vec) -> Callable | None:
+def _many_step(found) -> Callable | None:
     """`step_many(envs, actions)` of the sub-envs' class where it steps them all as their own
-    `step` would (the half-cheetah's: `MetaHalfCheetahEnv.step_many`), with the unwrapped sub-envs
-    it is called on; None otherwise (each sub-env's step in turn)."""
-    found = _sub_env_steps(vec)
+    `step` would (the locomotion bodies': `MetaHalfCheetahEnv.step_many`, `MetaAntEnv.step_many`),
+    with the unwrapped sub-envs it is called on; None otherwise (each sub-env's step in turn).
+    `found`: what `_sub_env_steps` made of the vector env."""
     if found is None or found[1] is None:  # a native vector env, or wrappers beyond the checkers
         return None
     envs = [step.__self__ for step in found[0]]
@@ -128,7 +128,7 @@ class Sampler:
     parameters). A trajectory ends at termination, truncation or the horizon; later steps are
     padding (mask 0). Same seed, same parameters -> same rollouts (environment resets seeded with
     `seed` + sub-env index, action noise from a generator seeded with `seed`). With `batch_step`
-    (default) sub-envs whose class has a `step_many` (the half-cheetah) are stepped by it, all live
+    (default) sub-envs whose class has a `step_many` (the locomotion bodies) are stepped by it, all live
     ones in one call: the same rollouts bit for bit (tested), without each env's Python step."""
 
     def __init__(self, model: nets.Model, env_id: str, n_tasks: int, n_traj: int, horizon: int,
@@ -142,7 +142,7 @@ class Sampler:
         self.act_dim = int(np.prod(self.vec.single_action_space.shape))
         self._dist = tf.function(lambda p, x: model.apply(p, x))
         self._sub_envs = _sub_env_steps(self.vec)
-        self._many = _many_step(self.vec) if batch_step else None
+        self._many = _many_step(self._sub_envs) if batch_step else None
         self.env_steps = 0
 
     def close(self):
