@@ -7,8 +7,8 @@
   * raw: one Gymnasium HalfCheetah-v5 (frame_skip 5, its default; another env, for reference) and one
     maml/HalfCheetahVel-v0 (frame_skip 1 as rllab, the env the sampler steps) made by `gym.make`,
     with its wrappers (TimeLimit, OrderEnforcing, PassiveEnvChecker), stepping random actions; the
-    same env unwrapped (the class and the call the sampler makes per sub-env step: the baseline of
-    the ratios); and the sampler's own meta_batch x trajectories unwrapped sub-envs stepped in turn
+    same env unwrapped (its own `step`, the call the sampler made per sub-env step before `step_many`:
+    the baseline of the `ratio_to_raw` ratios); and the sampler's own meta_batch x trajectories unwrapped sub-envs stepped in turn
     with random actions and no policy (what stepping that many MuJoCo states costs per step, the
     floor of the sampler's env loop before `step_many`); and the MuJoCo work of one env alone
     (`mj_step` and the derived quantities, no Python env step: the floor of any sampler here,

@@ -411,7 +411,9 @@ def test_sampler_rollout_is_bit_identical_to_a_plain_loop(env_id, n_tasks, n_tra
                                                           std_shift, ends, env_kwargs):
     """The sampler (unwrapped sub-envs, its own time limit, in-place buffers; the locomotion
     sub-envs stepped all at once by `step_many`) returns exactly the observations, actions,
-    rewards, masks and lengths of a plain loop over wrapped envs."""
+    rewards, masks and lengths of a plain loop over wrapped envs. The locomotion bodies' `step` is
+    their `step_many` of one env (one implementation, whose formulas tests/test_envs.py checks), so
+    for them this checks that stepping n envs at once is stepping each alone."""
     obs_dim, act_dim = rl.env_dims(env_id, env_kwargs)
     model = _policy(obs_dim, act_dim, hidden=(32, 32))
     params = model.init(4)

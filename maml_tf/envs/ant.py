@@ -110,122 +110,55 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
             **kwargs,
         )
 
-    def _update_derived(self) -> None:
-        # rllab: model.forward() after stepping (MuJoCo 1.31 also filled cfrc_ext there).
-        m, d = self.model, self.data
-        mujoco.mj_forward(m, d)
-        mujoco.mj_rnePostConstraint(m, d)
-        mujoco.mj_subtreeVel(m, d)
-
-    def _base_obs(self) -> np.ndarray:
-        if self.obs_mode == "rllab":
-            d = self.data
-            return np.concatenate(
-                [
-                    d.qpos,
-                    d.qvel,
-                    np.clip(d.cfrc_ext, -1.0, 1.0).ravel(),
-                    d.xmat[self._torso_id],
-                    d.subtree_com[self._torso_id],
-                ]
-            ).astype(np.float64)
-        return AntEnv._get_obs(self)
-
-    @property
-    def contact_cost(self) -> float:
-        """``contact_cost_weight * sum(clip(cfrc_ext, -1, 1)^2)`` over all bodies (official)."""
-        return self._contact_cost_weight * float(np.sum(np.square(np.clip(self.data.cfrc_ext, -1.0, 1.0))))
-
-    def step(self, action):
-        if self._task_value is None:
-            raise RuntimeError("call reset() (or set_task) before step()")
-        ctrl, a_norm = self._rescale_action(action)
-        x_before = float(self.data.qpos[0])
-        n_bad = self._instability_count()
-        self.do_simulation(ctrl, self.frame_skip)
-        unstable = self._instability_count() > n_bad
-        velocity = self._forward_velocity(x_before)
-        forward_reward = self._task_reward(velocity)
-        if self.task_type == "velocity":
-            forward_reward += self._velocity_bonus
-        ctrl_cost = self._ctrl_cost_weight * float(np.sum(np.square(a_norm)))
-        contact_cost = self.contact_cost
-        reward = forward_reward - ctrl_cost - contact_cost + self._survive_reward
-        # MuJoCo replaced a non-finite state by qpos0: that is rllab's "state not finite" case.
-        terminated = unstable or not self.is_healthy
-        observation = self._get_obs()
-        info = {
-            "x_position": float(self.data.qpos[0]),
-            "y_position": float(self.data.qpos[1]),
-            "z_position": float(self.data.qpos[2]),
-            "x_velocity": velocity,
-            "reward_forward": forward_reward,
-            "reward_ctrl": -ctrl_cost,
-            "reward_contact": -contact_cost,
-            "reward_survive": self._survive_reward,
-            "unstable": unstable,
-        }
-        if self.render_mode == "human":
-            self.render()
-        return observation, float(reward), bool(terminated), False, info
-
-
     _BATCH_SETTINGS = ("frame_skip", "velocity_mode", "obs_mode", "oracle", "_ctrl_cost_weight",
                        "_contact_cost_weight", "_survive_reward", "_velocity_bonus", "_healthy_z_range",
                        "_contact_force_range", "_exclude_current_positions_from_observation",
                        "_include_cfrc_ext_in_observation", "render_mode")
+    _UNSTABLE_TERMINATES = True  # MuJoCo replaced a non-finite state by qpos0: rllab's "state not finite"
 
-    @classmethod
-    def step_many(cls, envs: list, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`step` of several envs at once (`can_step_many(envs)` must hold): observations [n, d],
-        rewards [n] and terminated [n], the same numbers bit for bit as n calls of `step` (tested).
-        The action's rescaling, the costs, the task reward, the health test and the observation are
-        vectorised over the envs; each env's own work is its MuJoCo step, the derived quantities
-        and its instability count. `info` is not built."""
-        first = envs[0]
-        m, n, fs = first.model, len(envs), first.frame_skip
-        ctrl, squares = first._batch_controls(actions)
-        qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
-        cfrc = np.empty((n, m.nbody, 6))
-        velocity, task, unstable = np.empty(n), np.empty(n), np.zeros(n, bool)
-        rllab = first.obs_mode == "rllab"
-        xmat, com = (np.empty((n, 9)), np.empty((n, 3))) if rllab else (None, None)
-        torso, by_com = first._torso_id, first.velocity_mode == "com"
-        step, forward, rne, sub_vel = mujoco.mj_step, mujoco.mj_forward, mujoco.mj_rnePostConstraint, mujoco.mj_subtreeVel
-        for k, e in enumerate(envs):
-            if e._task_value is None:
-                raise RuntimeError("call reset() (or set_task) before step()")
-            d = e.data
-            x_before = d.qpos[0]
-            n_bad = e._instability_count()
-            d.ctrl[:] = ctrl[k]
-            step(m, d, nstep=fs)
-            forward(m, d)  # = _update_derived
-            rne(m, d)
-            sub_vel(m, d)
-            unstable[k] = e._instability_count() > n_bad
-            qpos[k], qvel[k], cfrc[k] = d.qpos, d.qvel, d.cfrc_ext
-            velocity[k] = d.subtree_linvel[torso, 0] if by_com else (d.qpos[0] - x_before) / e.dt
-            if rllab:
-                xmat[k], com[k] = d.xmat[torso], d.subtree_com[torso]
-            task[k] = e._task_value
-        forward_reward = first._task_reward(velocity, task)
-        if first.task_type == "velocity":
-            forward_reward = forward_reward + first._velocity_bonus
-        contact_cost = first._contact_cost_weight * np.sum(np.square(np.clip(cfrc, -1.0, 1.0)).reshape(n, -1), axis=1)
-        reward = forward_reward - first._ctrl_cost_weight * squares - contact_cost + first._survive_reward
-        min_z, max_z = first._healthy_z_range
-        healthy = (np.isfinite(qpos).all(1) & np.isfinite(qvel).all(1) & (min_z <= qpos[:, 2])
-                   & (qpos[:, 2] <= max_z))
-        if rllab:
-            obs = [qpos, qvel, np.clip(cfrc, -1.0, 1.0).reshape(n, -1), xmat, com]
-        else:
-            obs = [qpos[:, 2:] if first._exclude_current_positions_from_observation else qpos, qvel]
-            if first._include_cfrc_ext_in_observation:
-                obs.append(np.clip(cfrc, *first._contact_force_range)[:, 1:].reshape(n, -1))
-        if first.oracle:
-            obs.append(task[:, None])
-        return np.concatenate(obs, axis=1), reward, unstable | ~healthy
+    @staticmethod
+    def _derive(m, d) -> None:
+        # rllab: model.forward() after stepping (MuJoCo 1.31 also filled cfrc_ext there).
+        mujoco.mj_forward(m, d)
+        mujoco.mj_rnePostConstraint(m, d)
+        mujoco.mj_subtreeVel(m, d)
+
+    def _kept(self) -> list:
+        torso = self._torso_id
+        kept = [("cfrc", lambda d: d.cfrc_ext)]
+        if self.obs_mode == "rllab":
+            kept += [("xmat", lambda d: d.xmat[torso]), ("com", lambda d: d.subtree_com[torso])]
+        return kept
+
+    def _observation(self, qpos, qvel, kept) -> np.ndarray:
+        n, cfrc = len(qpos), kept["cfrc"]
+        if self.obs_mode == "rllab":  # qpos, qvel, clipped contact forces of all bodies, torso rotation, CoM
+            return np.concatenate([qpos, qvel, np.clip(cfrc, -1.0, 1.0).reshape(n, -1), kept["xmat"], kept["com"]],
+                                  axis=1)
+        # Gymnasium's: qpos without x, y; qvel; the contact forces clipped to its range, world body left out
+        obs = [qpos[:, 2:] if self._exclude_current_positions_from_observation else qpos, qvel]
+        if self._include_cfrc_ext_in_observation:
+            obs.append(np.clip(cfrc, *self._contact_force_range)[:, 1:].reshape(n, -1))
+        return np.concatenate(obs, axis=1)
+
+    def _outcome(self, s, forward, ctrl_cost) -> tuple:
+        """The official reward (task term, the velocity task's bonus, control and contact costs,
+        survive reward) and termination (an unstable state, or the torso's height out of range)."""
+        n = len(forward)
+        if self.task_type == "velocity":
+            forward = forward + self._velocity_bonus
+        contact_cost = self._contact_cost_weight * np.sum(np.square(np.clip(s.kept["cfrc"], -1.0, 1.0)).reshape(n, -1),
+                                                          axis=1)
+        reward = forward - ctrl_cost - contact_cost + self._survive_reward
+        min_z, max_z = self._healthy_z_range
+        healthy = (np.isfinite(s.qpos).all(1) & np.isfinite(s.qvel).all(1) & (min_z <= s.qpos[:, 2])
+                   & (s.qpos[:, 2] <= max_z))
+        terms = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost,
+                 "reward_survive": self._survive_reward}
+        return reward, s.unstable | ~healthy, terms
+
+    def _info_positions(self, qpos) -> dict:
+        return {"y_position": float(qpos[1]), "z_position": float(qpos[2])}
 
 
 class AntVelEnv(MetaAntEnv):

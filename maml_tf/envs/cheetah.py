@@ -68,91 +68,33 @@ class MetaHalfCheetahEnv(_MetaLocomotionMixin, HalfCheetahEnv):
             **kwargs,
         )
 
-    def _update_derived(self) -> None:
+    _BATCH_SETTINGS = ("frame_skip", "velocity_mode", "obs_mode", "oracle", "_ctrl_cost_weight",
+                       "_exclude_current_positions_from_observation", "render_mode")
+
+    @staticmethod
+    def _derive(m, d) -> None:
         # Positions/velocities changed by mj_step: recompute kinematics, CoM frames and the subtree
         # CoM velocities (what rllab's model.forward() + body_comvels gave).  No contacts needed.
-        m, d = self.model, self.data
         mujoco.mj_kinematics(m, d)
         mujoco.mj_comPos(m, d)
         mujoco.mj_comVel(m, d)
         mujoco.mj_subtreeVel(m, d)
 
-    def _base_obs(self) -> np.ndarray:
-        if self.obs_mode == "rllab":
-            return np.concatenate(
-                [self.data.qpos[1:], self.data.qvel, self.data.subtree_com[self._torso_id]]
-            ).astype(np.float64)
-        return HalfCheetahEnv._get_obs(self)
+    def _kept(self) -> list:
+        torso = self._torso_id
+        return [("com", lambda d: d.subtree_com[torso])] if self.obs_mode == "rllab" else []
 
-    def step(self, action):
-        if self._task_value is None:
-            raise RuntimeError("call reset() (or set_task) before step()")
-        ctrl, a_norm = self._rescale_action(action)
-        x_before = float(self.data.qpos[0])
-        n_bad = self._instability_count()
-        self.do_simulation(ctrl, self.frame_skip)
-        velocity = self._forward_velocity(x_before)
-        forward_reward = self._task_reward(velocity)
-        ctrl_cost = self._ctrl_cost_weight * float(np.sum(np.square(a_norm)))
-        reward = forward_reward - ctrl_cost
-        observation = self._get_obs()
-        info = {
-            "x_position": float(self.data.qpos[0]),
-            "x_velocity": velocity,
-            "reward_forward": forward_reward,
-            "reward_ctrl": -ctrl_cost,
-            "unstable": self._instability_count() > n_bad,
-        }
-        if self.render_mode == "human":
-            self.render()
-        return observation, float(reward), False, False, info
+    def _observation(self, qpos, qvel, kept) -> np.ndarray:
+        if self.obs_mode == "rllab":  # qpos[1:] (8), qvel (9), the torso subtree's centre of mass (3)
+            return np.concatenate([qpos[:, 1:], qvel, kept["com"]], axis=1)
+        # Gymnasium's: qpos without the root x (17 numbers), unless asked to keep it
+        return np.concatenate([qpos[:, 1:] if self._exclude_current_positions_from_observation else qpos, qvel],
+                              axis=1)
 
-    _BATCH_SETTINGS = ("frame_skip", "velocity_mode", "obs_mode", "oracle", "_ctrl_cost_weight",
-                       "_exclude_current_positions_from_observation", "render_mode")
-
-    @classmethod
-    def step_many(cls, envs: list, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`step` of several envs at once (`can_step_many(envs)` must hold): observations [n, d],
-        rewards [n] and terminated [n] (never: the cheetah does not terminate), the same numbers
-        bit for bit as n calls of `step` (tested). What costs little per env in `step` is done once
-        for all here: the action's rescaling and control cost, the task reward and the observation
-        are vectorised over the envs; each env's own work is its MuJoCo step and derived
-        quantities. `info` is not built (its `unstable` flag: `step`)."""
-        first = envs[0]
-        m, n, fs = first.model, len(envs), first.frame_skip
-        ctrl, squares = first._batch_controls(actions)
-        ctrl_cost = first._ctrl_cost_weight * squares
-        qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
-        velocity = np.empty(n)
-        com = np.empty((n, 3)) if first.obs_mode == "rllab" else None
-        task = np.empty(n)
-        torso, by_com = first._torso_id, first.velocity_mode == "com"
-        step, kin, com_pos, com_vel, sub_vel = (mujoco.mj_step, mujoco.mj_kinematics, mujoco.mj_comPos,
-                                               mujoco.mj_comVel, mujoco.mj_subtreeVel)
-        for k, e in enumerate(envs):
-            if e._task_value is None:
-                raise RuntimeError("call reset() (or set_task) before step()")
-            d = e.data
-            x_before = d.qpos[0]
-            d.ctrl[:] = ctrl[k]
-            step(m, d, nstep=fs)
-            kin(m, d)  # = _update_derived
-            com_pos(m, d)
-            com_vel(m, d)
-            sub_vel(m, d)
-            qpos[k], qvel[k] = d.qpos, d.qvel
-            velocity[k] = d.subtree_linvel[torso, 0] if by_com else (d.qpos[0] - x_before) / e.dt
-            if com is not None:
-                com[k] = d.subtree_com[torso]
-            task[k] = e._task_value
-        forward = first._task_reward(velocity, task)
-        if first.obs_mode == "rllab":
-            obs = [qpos[:, 1:], qvel, com]
-        else:
-            obs = [qpos[:, 1:] if first._exclude_current_positions_from_observation else qpos, qvel]
-        if first.oracle:
-            obs.append(task[:, None])
-        return np.concatenate(obs, axis=1), forward - ctrl_cost, np.zeros(n, bool)
+    def _outcome(self, s, forward, ctrl_cost) -> tuple:
+        """The official reward, task term minus control cost; the cheetah never terminates."""
+        return forward - ctrl_cost, np.zeros(len(forward), bool), {"reward_forward": forward,
+                                                                    "reward_ctrl": -ctrl_cost}
 
 
 class HalfCheetahVelEnv(MetaHalfCheetahEnv):

@@ -134,7 +134,7 @@ wraps this for both kinds of vector env.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import mujoco
 import numpy as np
@@ -177,6 +177,18 @@ def sample_direction_tasks(n: int, rng_or_seed=None) -> list[dict]:
     """``n`` tasks ``{"direction": -1.0 or +1.0}``, each with probability 1/2."""
     rng = _as_rng(rng_or_seed)
     return [{"direction": float(d)} for d in np.where(rng.random(int(n)) < 0.5, -1.0, 1.0)]
+
+
+class _State(NamedTuple):
+    """What `_step_envs` read off n envs after their step: qpos [n, nq], qvel [n, nv], the forward
+    velocity and task value [n], the instability flags [n] (watched only for the info or where
+    the body terminates on them), and the body's `_kept` arrays by name."""
+    qpos: np.ndarray
+    qvel: np.ndarray
+    velocity: np.ndarray
+    task: np.ndarray
+    unstable: np.ndarray
+    kept: dict
 
 
 class _MetaLocomotionMixin:
@@ -242,7 +254,9 @@ class _MetaLocomotionMixin:
                 if data.size == self.model.nq:
                     self._rllab_init_qpos = data.copy()
         self._update_derived()
-        obs_dim = self._base_obs().size + (1 if self.oracle else 0)
+        # what `_step_envs` copies from each env besides qpos and qvel: (name, shape, data -> array)
+        self._reads = [(name, np.shape(get(self.data)), get) for name, get in self._kept()]
+        obs_dim = self._get_obs().size
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float64)
         if task is not None:
             self.set_task(task)
@@ -255,19 +269,10 @@ class _MetaLocomotionMixin:
         self.action_space = spaces.Box(-1.0, 1.0, shape=(self.model.nu,), dtype=np.float32)
         return self.action_space
 
-    def _rescale_action(self, action) -> tuple[np.ndarray, np.ndarray]:
-        """rllab ``NormalizedEnv``: ``lb + (a + 1) * 0.5 * (ub - lb)``, clipped to ``[lb, ub]``.
-
-        Returns the control sent to MuJoCo and the same control divided by the half-range (the
-        quantity whose squares the official control costs sum).
-        """
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (self.model.nu,):
-            raise ValueError(f"action must have shape ({self.model.nu},), got {np.shape(action)}")
-        return self._controls(a)
-
     def _controls(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rescaled, clipped controls of actions [..., nu] and the same divided by the half-range."""
+        """rllab ``NormalizedEnv`` on actions [..., nu]: ``lb + (a + 1) * 0.5 * (ub - lb)``, clipped
+        to ``[lb, ub]``; returns the controls sent to MuJoCo and the same divided by the half-range
+        (the quantity whose squares the official control costs sum)."""
         ctrl = np.clip(self._ctrl_low + (a + 1.0) * 0.5 * (self._ctrl_high - self._ctrl_low),
                        self._ctrl_low, self._ctrl_high)
         return ctrl, ctrl / self._ctrl_half_range
@@ -307,8 +312,28 @@ class _MetaLocomotionMixin:
     def task(self, task) -> None:
         self.set_task(task)
 
-    # ------------------------------------------------------------ several envs at once
+    # ------------------------------------------------------------ stepping: one env or several
+    # The one implementation of a step is `_step_envs`, which steps a list of envs of one body at
+    # once; `step` is it on [self] (plus Gymnasium's info), `step_many` on the sampler's sub-envs.
     _BATCH_SETTINGS: tuple = ()  # the settings `step_many` needs equal across the envs (the bodies')
+    _UNSTABLE_TERMINATES = False  # whether MuJoCo's reset of a bad state ends the episode (the ant)
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (self.model.nu,):
+            raise ValueError(f"action must have shape ({self.model.nu},), got {np.shape(action)}")
+        obs, reward, terminated, info = self._step_envs([self], a[None], with_info=True)
+        if self.render_mode == "human":
+            self.render()
+        return obs[0], float(reward[0]), bool(terminated[0]), False, info
+
+    @classmethod
+    def step_many(cls, envs: list, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`step` of several envs at once (`can_step_many(envs)` must hold): observations [n, d],
+        rewards [n] and terminated [n], computed by the same code as `step`, so the same numbers bit
+        for bit. `info` is not built (nor, unless the body terminates on it, its `unstable` flag)."""
+        obs, reward, terminated, _ = envs[0]._step_envs(envs, np.asarray(actions, dtype=np.float64))
+        return obs, reward, terminated
 
     @classmethod
     def can_step_many(cls, envs: list) -> bool:
@@ -320,18 +345,82 @@ class _MetaLocomotionMixin:
         same = lambda e: all(getattr(e, k) == getattr(first, k) for k in cls._BATCH_SETTINGS)  # noqa: E731
         return first.render_mode is None and all(e.model is first.model and same(e) for e in envs)
 
-    def _batch_controls(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`_rescale_action` of n actions at once: the controls [n, nu] and their squared
-        half-range-normalised sums [n] (what the control costs weigh), as n calls compute them."""
-        ctrl, a_norm = self._controls(np.asarray(actions, dtype=np.float64).reshape(-1, self.model.nu))
-        return ctrl, np.sum(np.square(a_norm), axis=1)
+    def _step_envs(self, envs: list, actions: np.ndarray, with_info: bool = False):
+        """One step of `envs` (this env first; all of one body and settings, on one model) with
+        `actions` [n, nu]: (observations [n, d], rewards [n], terminated [n], the info of envs[0]
+        or None). Each env's own work is its MuJoCo step and derived quantities, and copying what
+        the reward and observation read; the action's rescaling, the costs, the task reward, the
+        termination and the observation are numpy over all the envs (`_outcome`, the body's)."""
+        m, n, fs = self.model, len(envs), self.frame_skip
+        ctrl, a_norm = self._controls(actions.reshape(n, m.nu))
+        qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
+        velocity, task, unstable = np.empty(n), np.empty(n), np.zeros(n, bool)
+        kept = {name: np.empty((n, *shape)) for name, shape, _ in self._reads}
+        reads = [(kept[name], get) for name, _, get in self._reads]
+        torso, by_com = self._torso_id, self.velocity_mode == "com"
+        watch = with_info or self._UNSTABLE_TERMINATES
+        step, derive = mujoco.mj_step, self._derive
+        for k, e in enumerate(envs):
+            if e._task_value is None:
+                raise RuntimeError("call reset() (or set_task) before step()")
+            d = e.data
+            x_before = d.qpos[0]
+            if watch:
+                n_bad = e._instability_count()
+            d.ctrl[:] = ctrl[k]
+            step(m, d, nstep=fs)
+            derive(m, d)
+            if watch:
+                unstable[k] = e._instability_count() > n_bad
+            qpos[k], qvel[k] = d.qpos, d.qvel
+            velocity[k] = d.subtree_linvel[torso, 0] if by_com else (d.qpos[0] - x_before) / e.dt
+            for out, get in reads:
+                out[k] = get(d)
+            task[k] = e._task_value
+        forward = self._task_reward(velocity, task)
+        ctrl_cost = self._ctrl_cost_weight * np.sum(np.square(a_norm), axis=1)
+        reward, terminated, terms = self._outcome(_State(qpos, qvel, velocity, task, unstable, kept), forward,
+                                                  ctrl_cost)
+        obs = self._observation(qpos, qvel, kept)
+        if self.oracle:
+            obs = np.concatenate([obs, task[:, None]], axis=1)
+        if not with_info:
+            return obs, reward, terminated, None
+        info = {"x_position": float(qpos[0, 0]), **self._info_positions(qpos[0]), "x_velocity": float(velocity[0]),
+                **{k: float(v[0] if isinstance(v, np.ndarray) else v) for k, v in terms.items()},
+                "unstable": bool(unstable[0])}
+        return obs, reward, terminated, info
 
-    # ------------------------------------------------------------ simulation
-    def _update_derived(self) -> None:
-        """Make the derived quantities used by rewards/observations describe the current state."""
+    # ------------------------------------------------------------ what each body defines
+    @staticmethod
+    def _derive(m: mujoco.MjModel, d: mujoco.MjData) -> None:
+        """Make the derived quantities the reward and observation read describe the state after
+        `mj_step` (rllab's ``model.forward()``)."""
         raise NotImplementedError
 
-    def _step_mujoco_simulation(self, ctrl, n_frames):
+    def _kept(self) -> list:
+        """(name, data -> array) of what `_outcome` reads besides qpos, qvel, the velocity and the
+        task, copied from each env after its step."""
+        return []
+
+    def _observation(self, qpos: np.ndarray, qvel: np.ndarray, kept: dict) -> np.ndarray:
+        """The observations [n, d] of n envs (without the oracle's task value) from their qpos,
+        qvel and `_kept` arrays: after a step and at reset alike."""
+        raise NotImplementedError
+
+    def _outcome(self, s: "_State", forward: np.ndarray, ctrl_cost: np.ndarray) -> tuple:
+        """(rewards [n], terminated [n], the reward terms of the info: name -> [n] or a number) of
+        the stepped envs, from their state `s`, the task reward `forward` and the control cost."""
+        raise NotImplementedError
+
+    def _info_positions(self, qpos: np.ndarray) -> dict:
+        return {}
+
+    def _update_derived(self) -> None:
+        self._derive(self.model, self.data)
+
+    # ------------------------------------------------------------ simulation
+    def _step_mujoco_simulation(self, ctrl, n_frames):  # Gymnasium's do_simulation (not used by step)
         self.data.ctrl[:] = ctrl
         mujoco.mj_step(self.model, self.data, nstep=n_frames)
         self._update_derived()
@@ -340,28 +429,20 @@ class _MetaLocomotionMixin:
         """How many times MuJoCo met a NaN / huge state and reset the simulation."""
         return int(self._warning_counts[_BAD_STATE_WARNINGS].sum())
 
-    def _forward_velocity(self, x_before: float) -> float:
-        if self.velocity_mode == "com":
-            return float(self.data.subtree_linvel[self._torso_id, 0])
-        return (float(self.data.qpos[0]) - x_before) / self.dt
-
-    def _task_reward(self, velocity, task=None):
-        """The task's reward term for a forward velocity: one env's (its task), or arrays of
-        velocities and task values (`step_many`)."""
-        task = self._task_value if task is None else task
+    def _task_reward(self, velocity: np.ndarray, task: np.ndarray) -> np.ndarray:
+        """The task's reward term of forward velocities [n] under task values [n]."""
         if self.task_type == "velocity":
             return -np.abs(velocity - task)
         return task * velocity
 
     # ------------------------------------------------------------ observation
-    def _base_obs(self) -> np.ndarray:
-        raise NotImplementedError
-
     def _get_obs(self) -> np.ndarray:
-        obs = self._base_obs()
+        """This env's observation now (at reset; a step computes it with the step's numbers)."""
+        d = self.data
+        kept = {name: get(d)[None] for name, _, get in self._reads}
+        obs = self._observation(d.qpos[None], d.qvel[None], kept)[0]
         if self.oracle:
-            value = 0.0 if self._task_value is None else self._task_value
-            obs = np.concatenate([obs, [value]])
+            obs = np.append(obs, 0.0 if self._task_value is None else self._task_value)
         return obs
 
     # ------------------------------------------------------------------ reset
