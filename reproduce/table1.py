@@ -94,13 +94,16 @@ def config_digest(cfg) -> str:
 
 
 def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool,
-             previous: dict | None = None) -> dict:
+             previous: dict | None = None, committed: dict | None = None) -> dict:
     """The cell's row of Table 1. With `previous` (the cell's row in table1.json, from
     `--reuse-unchanged`), a picked checkpoint that has not changed since (the same files and step,
     the same settings but the budget; no runs of other seeds, whose comparison needs the per-task
     results) keeps its test numbers and their provenance instead of being evaluated again;
     iterations, status, wall time and the notes follow the run as it is now. A change to the
-    evaluation code is not seen: `make table1` (no reuse) measures again."""
+    evaluation code is not seen: `make table1` (no reuse) measures again. `committed`, the cell's
+    row as the results folder has it: kept, with a note on stderr, when this machine lacks the
+    cell's dataset (a clone without MiniImagenet's images keeps the committed evaluation of the
+    committed checkpoint) and that row was evaluated."""
     from maml_tf import supervised, tasks  # here: --help answers without TensorFlow
     from maml_tf import train as train_lib
     row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
@@ -112,8 +115,11 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     try:
         test_source = supervised.task_source(cfg, "test")
     except tasks.MissingData as e:
+        if (committed or {}).get("accuracy") is not None:
+            print(f"note: {cell.name} not evaluated here ({e}); its row keeps the evaluation of commit "
+                  f"{committed.get('commit', '?')[:12]}", file=sys.stderr)
+            return committed
         row["note"] = str(e)
-        row["_missing_data"] = True  # (taken out by the caller, which may keep an earlier row instead)
         return row
     has_checkpoint = (run_dir / "checkpoints" / "checkpoint").exists()
     if eval_only and not has_checkpoint:
@@ -479,18 +485,12 @@ def _main(argv=None) -> int:
                 if key in previous:
                     rows.append(previous[key])  # keep what an earlier run measured
                     continue
-                rows.append(run_cell(cell, args.iterations, True, args.results, args.quiet))
+                rows.append(run_cell(cell, args.iterations, True, args.results, args.quiet))  # (not in table1.json)
                 continue
             if not args.quiet:
                 print(f"== {cell.name}", file=sys.stderr)
-            row = run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet,
-                           previous.get(key) if args.reuse_unchanged else None)
-            if row.pop("_missing_data", False) and (previous.get(key) or {}).get("accuracy") is not None:
-                # a clone without this dataset keeps the committed evaluation of the committed checkpoint
-                print(f"note: {cell.name} not evaluated here ({row['note']}); its row keeps the evaluation of "
-                      f"commit {previous[key].get('commit', '?')[:12]}", file=sys.stderr)
-                row = previous[key]
-            rows.append(row)
+            rows.append(run_cell(cell, args.iterations, args.eval_only, args.results, args.quiet,
+                                 previous.get(key) if args.reuse_unchanged else None, committed=previous.get(key)))
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

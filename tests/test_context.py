@@ -332,3 +332,25 @@ def test_table3_labels_a_partial_maml_row(tmp_path):
     text = (tmp_path / "appendix" / "context.md").read_text()
     assert "| 99.03 ± 0.10 | 98.7 ± 0.4 |" in text
     assert "| 99.52 ± 0.10 (PARTIAL: 26668 iterations) | 99.9 ± 0.1 |" in text
+
+
+def test_table3_keeps_its_committed_context_rows_where_omniglot_is_missing(tmp_path, monkeypatch):
+    """A clone without Omniglot's data keeps the committed (evaluated) context-vector row of Table 3,
+    as Table 1 keeps its rows, instead of writing it over with 'not run'."""
+    import json
+    from maml_tf import tasks
+    from reproduce import appendix
+    build = tasks.build
+    monkeypatch.setattr(tasks, "build", lambda spec, split="train": build(
+        {**spec, "path": str(tmp_path / "no-data")} if spec["kind"] == "omniglot" else spec, split))
+    assert appendix.main(["context", "--results", str(tmp_path), "--quiet"]) == 0
+    path = tmp_path / "appendix" / "context.json"
+    saved = json.loads(path.read_text())
+    first = saved["table3"][0]["context"]
+    assert first["status"] == "not_run" and "data" in first["note"] and not any(k.startswith("_") for k in first)
+    first.update(accuracy=95.1, ci95=0.8, status="full", iterations=60000, commit="c0ffee", note="evaluated")
+    path.write_text(json.dumps(saved))
+    assert appendix.main(["context", "--results", str(tmp_path), "--quiet"]) == 0
+    again = json.loads(path.read_text())["table3"]
+    assert again[0]["context"] == first and again[1]["context"]["status"] == "not_run"
+    assert "| 1 | 95.10 ± 0.80 | 60000 / 60000 |" in (tmp_path / "appendix" / "context.md").read_text()

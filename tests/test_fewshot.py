@@ -152,6 +152,13 @@ def test_table1_reports_cells_not_run_with_the_reason(tmp_path, monkeypatch):
     again = json.loads((tmp_path / "table1.json").read_text())
     assert again[i] == rows[i] and "| 45.27 ± 1.87 |" in table1.markdown(again)
     assert all(r["status"] == "not_run" for j, r in enumerate(again) if j != i)
+    # one cell asked for in a folder without table1.json: the other cells' rows are made too (not
+    # run, MiniImagenet's for want of data), with the keys of a row and nothing else
+    fresh = tmp_path / "fresh"
+    assert table1.main(["--eval-only", "--cells", "omniglot_5w1s_conv", "--results", str(fresh), "--quiet"]) == 0
+    made = json.loads((fresh / "table1.json").read_text())
+    assert len(made) == len(table1.CELLS) and all(set(r) == set(rows[0]) for r in made), \
+        [sorted(set(r) ^ set(rows[0])) for r in made]
 
 
 def test_table1_evaluates_every_seed_of_a_cell_and_the_campaign_sees_each(omniglot_npz, tmp_path, monkeypatch):
