@@ -444,6 +444,59 @@ def test_ant_rllab_obs_layout():
     np.testing.assert_array_equal(obs[122:125], d.subtree_com[torso])
 
 
+@pytest.mark.parametrize("env_id, kwargs", [
+    ("maml/HalfCheetahVel-v0", {}),
+    ("maml/HalfCheetahDir-v0", {"exclude_current_positions_from_observation": False}),
+    ("maml/AntVel-v0", {}),
+    ("maml/AntDir-v0", {"exclude_current_positions_from_observation": False}),
+    ("maml/AntVel-v0", {"include_cfrc_ext_in_observation": False}),
+    ("maml/AntDir-v0", {"contact_force_range": (-0.3, 0.2), "velocity_mode": "finite_difference"}),
+])
+def test_gymnasium_observation_and_info_are_gymnasiums(env_id, kwargs):
+    """The default observation (`_observation`, shared by `step`, `step_many` and reset) is what
+    Gymnasium's own `_get_obs` of the body gives, for its observation settings; the info has the
+    keys of a Gymnasium locomotion step (and the ant's positions), and the ant's `contact_cost` is
+    the official one, the cost its reward subtracts."""
+    from gymnasium.envs.mujoco.ant_v5 import AntEnv
+    from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+    env = gym.make(env_id, **kwargs)
+    u = env.unwrapped
+    gym_obs = AntEnv._get_obs if "Ant" in env_id else HalfCheetahEnv._get_obs
+    obs, _ = env.reset(seed=3, options={"task": u.sample_tasks(1, 0)[0]})
+    np.testing.assert_array_equal(obs, gym_obs(u))
+    rng = np.random.default_rng(2)
+    keys = {"x_position", "x_velocity", "reward_forward", "reward_ctrl", "unstable"}
+    if "Ant" in env_id:
+        keys |= {"y_position", "z_position", "reward_contact", "reward_survive"}
+    for _ in range(40):
+        x_before = float(u.data.qpos[0])
+        obs, r, term, _, info = env.step(rng.normal(scale=1.2, size=u.model.nu))
+        np.testing.assert_array_equal(obs, gym_obs(u))
+        assert set(info) == keys and all(isinstance(v, (float, bool)) for v in info.values()), info
+        if kwargs.get("velocity_mode") == "finite_difference":
+            assert info["x_velocity"] == pytest.approx((float(u.data.qpos[0]) - x_before) / u.dt, rel=1e-12)
+        if "Ant" in env_id:
+            official = u._contact_cost_weight * np.sum(np.clip(u.data.cfrc_ext, -1, 1) ** 2)
+            assert u.contact_cost == pytest.approx(official, rel=1e-12) and info["reward_contact"] == -u.contact_cost
+        if term:
+            break
+
+
+def test_observation_follows_obs_mode_changes_and_step_many_needs_one_task_type():
+    """obs_mode set after construction changes what a step observes (rllab's layout); envs of one
+    body but different task types are not stepped as one batch (their task term differs)."""
+    env = gym.make("maml/HalfCheetahVel-v0").unwrapped
+    env.reset(seed=0, options={"task": {"velocity": 1.0}})
+    env.obs_mode = "rllab"
+    obs, *_ = env.step(np.zeros(6))
+    assert obs.shape == (20,)
+    np.testing.assert_array_equal(obs[17:], env.data.subtree_com[env.model.body("torso").id])
+    from maml_tf.envs.cheetah import MetaHalfCheetahEnv
+    vel = MetaHalfCheetahEnv(task_type="velocity")
+    same, direc = (MetaHalfCheetahEnv(task_type=t, mj_model=vel.model) for t in ("velocity", "direction"))
+    assert MetaHalfCheetahEnv.can_step_many([vel, same]) and not MetaHalfCheetahEnv.can_step_many([vel, direc])
+
+
 # ------------------------------------------------------------------------------ SyncVectorEnv
 def test_sync_vector_mujoco_tasks():
     n = 3

@@ -144,11 +144,9 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
     def _outcome(self, s, forward, ctrl_cost) -> tuple:
         """The official reward (task term, the velocity task's bonus, control and contact costs,
         survive reward) and termination (an unstable state, or the torso's height out of range)."""
-        n = len(forward)
         if self.task_type == "velocity":
             forward = forward + self._velocity_bonus
-        contact_cost = self._contact_cost_weight * np.sum(np.square(np.clip(s.kept["cfrc"], -1.0, 1.0)).reshape(n, -1),
-                                                          axis=1)
+        contact_cost = self._contact_costs(s.kept["cfrc"])
         reward = forward - ctrl_cost - contact_cost + self._survive_reward
         min_z, max_z = self._healthy_z_range
         healthy = (np.isfinite(s.qpos).all(1) & np.isfinite(s.qvel).all(1) & (min_z <= s.qpos[:, 2])
@@ -156,6 +154,17 @@ class MetaAntEnv(_MetaLocomotionMixin, AntEnv):
         terms = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_contact": -contact_cost,
                  "reward_survive": self._survive_reward}
         return reward, s.unstable | ~healthy, terms
+
+    def _contact_costs(self, cfrc: np.ndarray) -> np.ndarray:
+        """``contact_cost_weight * sum(clip(cfrc_ext, -1, 1)^2)`` over all bodies (official) of n
+        envs' contact forces [n, nbody, 6]."""
+        return self._contact_cost_weight * np.sum(np.square(np.clip(cfrc, -1.0, 1.0)).reshape(len(cfrc), -1), axis=1)
+
+    @property
+    def contact_cost(self) -> float:
+        """This env's official contact cost now (Gymnasium's `AntEnv.contact_cost` clips to
+        contact_force_range instead)."""
+        return float(self._contact_costs(self.data.cfrc_ext[None])[0])
 
     def _info_positions(self, qpos) -> dict:
         return {"y_position": float(qpos[1]), "z_position": float(qpos[2])}

@@ -254,8 +254,6 @@ class _MetaLocomotionMixin:
                 if data.size == self.model.nq:
                     self._rllab_init_qpos = data.copy()
         self._update_derived()
-        # what `_step_envs` copies from each env besides qpos and qvel: (name, shape, data -> array)
-        self._reads = [(name, np.shape(get(self.data)), get) for name, get in self._kept()]
         obs_dim = self._get_obs().size
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float64)
         if task is not None:
@@ -315,7 +313,7 @@ class _MetaLocomotionMixin:
     # ------------------------------------------------------------ stepping: one env or several
     # The one implementation of a step is `_step_envs`, which steps a list of envs of one body at
     # once; `step` is it on [self] (plus Gymnasium's info), `step_many` on the sampler's sub-envs.
-    _BATCH_SETTINGS: tuple = ()  # the settings `step_many` needs equal across the envs (the bodies')
+    _BATCH_SETTINGS: tuple = ()  # the settings `step_many` needs equal across the envs, besides task_type
     _UNSTABLE_TERMINATES = False  # whether MuJoCo's reset of a bad state ends the episode (the ant)
 
     def step(self, action):
@@ -342,7 +340,8 @@ class _MetaLocomotionMixin:
         if not envs or any(type(e) is not type(envs[0]) for e in envs) or not isinstance(envs[0], cls):
             return False
         first = envs[0]
-        same = lambda e: all(getattr(e, k) == getattr(first, k) for k in cls._BATCH_SETTINGS)  # noqa: E731
+        keys = ("task_type", *cls._BATCH_SETTINGS)  # (the task term is computed once for all)
+        same = lambda e: all(getattr(e, k) == getattr(first, k) for k in keys)  # noqa: E731
         return first.render_mode is None and all(e.model is first.model and same(e) for e in envs)
 
     def _step_envs(self, envs: list, actions: np.ndarray, with_info: bool = False):
@@ -355,8 +354,9 @@ class _MetaLocomotionMixin:
         ctrl, a_norm = self._controls(actions.reshape(n, m.nu))
         qpos, qvel = np.empty((n, m.nq)), np.empty((n, m.nv))
         velocity, task, unstable = np.empty(n), np.empty(n), np.zeros(n, bool)
-        kept = {name: np.empty((n, *shape)) for name, shape, _ in self._reads}
-        reads = [(kept[name], get) for name, _, get in self._reads]
+        spec = self._read_spec()
+        kept = {name: np.empty((n, *shape)) for name, shape, _ in spec}
+        reads = [(kept[name], get) for name, _, get in spec]
         torso, by_com = self._torso_id, self.velocity_mode == "com"
         watch = with_info or self._UNSTABLE_TERMINATES
         step, derive = mujoco.mj_step, self._derive
@@ -399,9 +399,18 @@ class _MetaLocomotionMixin:
         raise NotImplementedError
 
     def _kept(self) -> list:
-        """(name, data -> array) of what `_outcome` reads besides qpos, qvel, the velocity and the
-        task, copied from each env after its step."""
+        """(name, data -> array) of what `_outcome` and `_observation` read besides qpos, qvel, the
+        velocity and the task, copied from each env after its step (it may depend on obs_mode)."""
         return []
+
+    def _read_spec(self) -> list:
+        """`_kept` with each array's shape: (name, shape, data -> array), made again when obs_mode
+        changes (the settings `_kept` depends on)."""
+        cached = getattr(self, "_read_cache", None)
+        if cached is None or cached[0] != self.obs_mode:
+            cached = self._read_cache = (self.obs_mode, [(name, np.shape(get(self.data)), get)
+                                                         for name, get in self._kept()])
+        return cached[1]
 
     def _observation(self, qpos: np.ndarray, qvel: np.ndarray, kept: dict) -> np.ndarray:
         """The observations [n, d] of n envs (without the oracle's task value) from their qpos,
@@ -439,7 +448,7 @@ class _MetaLocomotionMixin:
     def _get_obs(self) -> np.ndarray:
         """This env's observation now (at reset; a step computes it with the step's numbers)."""
         d = self.data
-        kept = {name: get(d)[None] for name, _, get in self._reads}
+        kept = {name: get(d)[None] for name, _, get in self._read_spec()}
         obs = self._observation(d.qpos[None], d.qvel[None], kept)[0]
         if self.oracle:
             obs = np.append(obs, 0.0 if self._task_value is None else self._task_value)
