@@ -140,6 +140,12 @@ def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
     seeds = [i for i, r in enumerate(campaign.QUEUE) if r.config == "omniglot/mlp_5w5s" and r.seed is not None]
     assert len(seeds) == 2 and all(campaign.QUEUE[i].report == ("table1", "omniglot_5w5s_mlp") for i in seeds)
     assert names.index("omniglot/conv_5w5s") < seeds[0] < names.index("miniimagenet/conv_5w1s")
+    # the sinusoid's and the point's extra seeds (minutes each) come before half-cheetah; Omniglot
+    # conv 5-way 1-shot's near the end
+    cheap = [i for i, r in enumerate(campaign.QUEUE) if r.seed is not None and r.config.startswith(("sinusoid", "rl/point"))]
+    assert len(cheap) == 6 and max(cheap) < names.index("rl/cheetah_vel/maml")
+    assert names.index("omniglot/conv_20w5s") < min(i for i, r in enumerate(campaign.QUEUE)
+                                                     if r.seed is not None and r.config == "omniglot/conv_5w1s")
     # conv 5-way 5-shot's extra seeds (about 18 core-hours each) come last
     assert [(r.config, r.seed) for r in campaign.QUEUE[-2:]] == [("omniglot/conv_5w5s", 1), ("omniglot/conv_5w5s", 2)]
     # every run has its own directory (a run queued in stages: one directory, growing budgets)
