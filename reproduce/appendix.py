@@ -27,6 +27,7 @@ import numpy as np
 from maml_tf import config as config_lib
 from maml_tf import records
 from reproduce import common
+from reproduce import rl as rl_repro
 from reproduce import sinusoid
 
 # imported on first use: --help answers without TensorFlow
@@ -465,6 +466,42 @@ def context_pilot(args) -> int:
     return 0
 
 
+# The paper's MAML rows of Tables 4 and 5 (its appendix's numbers, which the context vector's sit
+# beside; `reproduce.rl.PAPER` has the official result files' values, the same to rounding)
+PAPER_MAML = {"point": [-40.41, -11.68, -3.33, -3.23], "cheetah_dir": [-50.69, 293.19, 313.48, 315.65]}
+
+
+def context_rl_findings(env: str, metrics: dict, runs: dict) -> list[str]:
+    """What Tables 4 and 5 say next to the context vector's returns: the paper's values against our
+    95% CI (`rl.ci_finding`), and the context vector against our MAML step by step (beyond both
+    CIs or not), beside the paper's own comparison."""
+    c, m = metrics.get("context"), metrics.get("maml")
+    if c is None:
+        return []
+    paper = CONTEXT_PAPER[env]
+    out = [f"Context vector: {' / '.join(f'{v:.2f}' for v in c['returns'][:4])} after 0..3 steps "
+           f"(paper {' / '.join(str(v) for v in paper)})."]
+    partial = [n for n in ("context", "maml") if n in runs and runs[n].get("status") != "full"]
+    out.append(rl_repro.ci_finding([("context vector after 0..3 steps", rl_repro.inside_ci(paper, c),
+                                     lambda k: f"step {k}")], [n for n in partial if n == "context"]))
+    if m is not None:
+        steps = range(1, min(len(c["returns"]), len(m["returns"]), 4))
+        side = lambda a, b, s: a["returns"][s] - a["ci95"][s] > b["returns"][s] + b["ci95"][s]  # noqa: E731
+        ahead, behind = [s for s in steps if side(c, m, s)], [s for s in steps if side(m, c, s)]
+        if partial:
+            verdict = "Partial runs: too early for a verdict."
+        elif ahead or behind:
+            verdict = "Beyond both CIs: " + "; ".join(
+                f"context vector {word} at step(s) {', '.join(map(str, which))}"
+                for word, which in (("ahead", ahead), ("behind", behind)) if which) + "."
+        else:
+            verdict = "No step where the two differ beyond both CIs."
+        out.append("Context vector vs MAML (ours) after 1..3 steps: " + " / ".join(
+            f"{c['returns'][s]:.2f} vs {m['returns'][s]:.2f}" for s in steps) + f". {verdict} The paper's: "
+            + " / ".join(f"{paper[s]} vs {PAPER_MAML[env][s]}" for s in steps) + ".")
+    return out
+
+
 def context_tables(args) -> int:
     """Tables 3, 4, 5: the context vector beside MAML, each with the protocol of its MAML row."""
     from reproduce import table1
@@ -515,10 +552,14 @@ def context_tables(args) -> int:
             cells = [f"{v:.2f} ± {c:.2f}" for v, c in list(zip(m["returns"], m["ci95"]))[:4]]
             status = "" if run.get("status") == "full" else ", PARTIAL"
             lines.append(f"| {label} | {run.get('iterations')} ({run.get('paper_iterations')}){status} | " + " | ".join(cells) + " |")
-        paper_maml = {"point": [-40.41, -11.68, -3.33, -3.23], "cheetah_dir": [-50.69, 293.19, 313.48, 315.65]}[env]
         lines.append("| paper, context vector | | " + " | ".join(str(v) for v in CONTEXT_PAPER[env]) + " |")
-        lines.append("| paper, MAML | | " + " | ".join(str(v) for v in paper_maml) + " |")
-        rl[env] = {k: s["metrics"].get(k) for k in ("context", "maml")}
+        lines.append("| paper, MAML | | " + " | ".join(str(v) for v in PAPER_MAML[env]) + " |")
+        if (m := s["metrics"].get("context")) is not None:
+            cells = ["" if c is None else ("yes" if c[0] else "no") for c in rl_repro.inside_ci(CONTEXT_PAPER[env], m)]
+            lines.append("| paper in our 95% CI, context vector | | " + " | ".join(cells) + " |")
+        found = context_rl_findings(env, s["metrics"], s["runs"])
+        lines += [""] + [f"- {f}" for f in found] if found else []
+        rl[env] = {**{k: s["metrics"].get(k) for k in ("context", "maml")}, "findings": found}
     out = {"experiment": "appendix/context", "table3": rows3, "rl": rl, "paper": CONTEXT_PAPER,
            "commit": records.commit(), "written": records.now(), "machine": records.machine()}
     records.write_table(out_dir / "context.json", out, out_dir / "context.md", "\n".join(lines) + "\n")

@@ -140,49 +140,54 @@ def point_optimum(cfg: dict | None) -> float:
     return float(point.optimal_returns(goals, cfg["train"]["horizon"] if cfg else 100).mean())
 
 
+def inside_ci(paper: list, m: dict) -> list:
+    """Each paper value (one per step) against our run's 95% CI (`m`: its "returns" and "ci95" by
+    step): None where we have no such number, else (inside our CI, paper - ours, our half-width)."""
+    return [(abs(p - m["returns"][k]) <= m["ci95"][k], p - m["returns"][k], m["ci95"][k])
+            if k < len(m["returns"]) else None for k, p in enumerate(paper)]
+
+
 def paper_check(env: str, metrics: dict) -> dict:
-    """The paper's MAML returns (steps 0..3) and oracle against our runs' 95% CIs, per value: None
-    where we have no such number, else (inside our CI, paper - ours, our CI half-width)."""
+    """The paper's MAML returns (steps 0..3) and oracle against our runs' 95% CIs (`inside_ci`)."""
     paper, oracle = PAPER[env]
-    out = {}
-    for name, values in (("maml", paper), ("oracle", [oracle])):
-        if name in metrics:
-            m = metrics[name]
-            out[name] = [(abs(p - m["returns"][k]) <= m["ci95"][k], p - m["returns"][k], m["ci95"][k])
-                         if k < len(m["returns"]) else None for k, p in enumerate(values)]
-    return out
+    return {name: inside_ci(values, metrics[name]) for name, values in (("maml", paper), ("oracle", [oracle]))
+            if name in metrics}
 
 
-def paper_check_finding(env: str, metrics: dict, runs: dict) -> str:
-    """One line: whether each paper value lies inside our 95% CI and, where it does not, whether the
-    gap is within what two independent evaluations on 40 test tasks allow (the paper's tasks are its
-    own; its CI is not published, so ours stands in for it: sqrt(2) x our half-width). Seed
-    variance is not in that margin: a gap beyond it is a finding to explain, not yet a verdict."""
-    check = paper_check(env, metrics)
-    if not check:
-        return ""
+def ci_finding(checked: list, partial: list) -> str:
+    """One line from `inside_ci` results, `checked` = [(label, cells, where)] with where(k) naming
+    value k ("step 1", "oracle"): whether each paper value lies inside our 95% CI and, where it does
+    not, whether the gap is within what two independent evaluations on 40 test tasks allow (the
+    paper's tasks are its own; its CI is not published, so ours stands in for it: sqrt(2) x our
+    half-width). Seed variance is not in that margin: a gap beyond it is a finding to explain, not
+    yet a verdict. `partial`: the names of the runs below budget, said at the end."""
     said, gaps = [], []
-    for name, label in (("maml", "MAML after 0..3 steps"), ("oracle", "oracle")):
-        cells = check.get(name)
-        if not cells:
-            continue
+    for label, cells, where in checked:
         said.append(f"{label} " + " / ".join("-" if c is None else ("yes" if c[0] else "no") for c in cells))
         for k, c in enumerate(cells):
             if c is None or c[0]:
                 continue
             allowed = float(np.sqrt(2.0)) * c[2]
-            where = f"step {k}" if name == "maml" else "oracle"
-            gaps.append(f"{where}: the paper's {abs(c[1]):.2f} {'below' if c[1] < 0 else 'above'} ours, "
+            gaps.append(f"{where(k)}: the paper's {abs(c[1]):.2f} {'below' if c[1] < 0 else 'above'} ours, "
                         f"{'within' if abs(c[1]) <= allowed else 'beyond'} ± {allowed:.2f}")
+    if not said:
+        return ""
     line = "Paper inside our 95% CI: " + "; ".join(said) + "."
     if gaps:
         line += (" Where it is not, against what two evaluations on 40 test tasks each allow (the paper's "
                  "tasks are its own and its CI unpublished: sqrt(2) x ours; seed variance not included): "
                  + "; ".join(gaps) + ".")
-    partial = [n for n in check if runs.get(n, {}).get("status") not in (None, "full")]
     if partial:
         line += f" {' and '.join(partial)} PARTIAL: the gaps include the budget not yet trained."
     return line
+
+
+def paper_check_finding(env: str, metrics: dict, runs: dict) -> str:
+    """`ci_finding` of the paper's MAML returns and oracle (`paper_check`)."""
+    check = paper_check(env, metrics)
+    labels = {"maml": ("MAML after 0..3 steps", lambda k: f"step {k}"), "oracle": ("oracle", lambda k: "oracle")}
+    return ci_finding([(labels[n][0], cells, labels[n][1]) for n, cells in check.items() if cells],
+                      [n for n in check if runs.get(n, {}).get("status") not in (None, "full")])
 
 
 def findings(env: str, metrics: dict, runs: dict) -> list[str]:

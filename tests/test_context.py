@@ -354,3 +354,23 @@ def test_table3_keeps_its_committed_context_rows_where_omniglot_is_missing(tmp_p
     again = json.loads(path.read_text())["table3"]
     assert again[0]["context"] == first and again[1]["context"]["status"] == "not_run"
     assert "| 1 | 95.10 ± 0.80 | 60000 / 60000 |" in (tmp_path / "appendix" / "context.md").read_text()
+
+
+def test_tables_4_and_5_say_where_the_papers_context_returns_lie():
+    """Next to the context vector's returns: whether each of the paper's lies inside our 95% CI
+    (and the gap against the two-evaluation margin where not), and the context vector against our
+    MAML step by step, a verdict only for runs at full budget."""
+    from reproduce import appendix
+    paper = appendix.CONTEXT_PAPER["point"]                   # -42.42 / -13.90 / -5.17 / -3.18
+    ctx = {"returns": [paper[0] + 0.5, paper[1] + 3.0, -4.0, -2.0], "ci95": [1.0, 1.0, 0.2, 0.2]}
+    maml = {"returns": [-40.0, -10.0, -3.0, -2.1], "ci95": [1.0, 1.0, 0.2, 0.2]}
+    full = {"context": {"status": "full"}, "maml": {"status": "full"}}
+    lines = appendix.context_rl_findings("point", {"context": ctx, "maml": maml}, full)
+    assert "context vector after 0..3 steps yes / no / no / no" in lines[1]
+    assert "step 1: the paper's 3.00 below ours, beyond ± 1.41" in lines[1] and "PARTIAL" not in lines[1]
+    assert "context vector behind at step(s) 2." in lines[2] and "ahead" not in lines[2]   # step 3 overlaps
+    assert "-13.9 vs -11.68" in lines[2]                       # the paper's own comparison beside ours
+    partial = appendix.context_rl_findings("point", {"context": ctx, "maml": maml},
+                                           {**full, "maml": {"status": "partial"}})
+    assert "too early for a verdict" in partial[2]
+    assert appendix.context_rl_findings("point", {"maml": maml}, full) == []
