@@ -479,13 +479,14 @@ def context_rl_findings(env: str, metrics: dict, runs: dict) -> list[str]:
     if c is None:
         return []
     paper = CONTEXT_PAPER[env]
-    out = [f"Context vector: {' / '.join(f'{v:.2f}' for v in c['returns'][:4])} after 0..3 steps "
-           f"(paper {' / '.join(str(v) for v in paper)})."]
+    last = min(len(c["returns"]), len(paper)) - 1
+    out = [f"Context vector: {' / '.join(f'{v:.2f}' for v in c['returns'][:last + 1])} after 0..{last} steps "
+           f"(paper {' / '.join(str(v) for v in paper[:last + 1])})."]
     partial = [n for n in ("context", "maml") if n in runs and runs[n].get("status") != "full"]
-    out.append(rl_repro.ci_finding([("context vector after 0..3 steps", rl_repro.inside_ci(paper, c),
+    out.append(rl_repro.ci_finding([(f"context vector after 0..{last} steps", rl_repro.inside_ci(paper[:last + 1], c),
                                      lambda k: f"step {k}")], [n for n in partial if n == "context"]))
-    if m is not None:
-        steps = range(1, min(len(c["returns"]), len(m["returns"]), 4))
+    steps = range(1, min(len(c["returns"]), len(m["returns"]), len(paper))) if m is not None else range(0)
+    if steps:
         side = lambda a, b, s: a["returns"][s] - a["ci95"][s] > b["returns"][s] + b["ci95"][s]  # noqa: E731
         ahead, behind = [s for s in steps if side(c, m, s)], [s for s in steps if side(m, c, s)]
         if partial:
@@ -496,7 +497,7 @@ def context_rl_findings(env: str, metrics: dict, runs: dict) -> list[str]:
                 for word, which in (("ahead", ahead), ("behind", behind)) if which) + "."
         else:
             verdict = "No step where the two differ beyond both CIs."
-        out.append("Context vector vs MAML (ours) after 1..3 steps: " + " / ".join(
+        out.append(f"Context vector vs MAML (ours) after 1..{steps[-1]} steps: " + " / ".join(
             f"{c['returns'][s]:.2f} vs {m['returns'][s]:.2f}" for s in steps) + f". {verdict} The paper's: "
             + " / ".join(f"{paper[s]} vs {PAPER_MAML[env][s]}" for s in steps) + ".")
     return out

@@ -374,3 +374,24 @@ def test_tables_4_and_5_say_where_the_papers_context_returns_lie():
                                            {**full, "maml": {"status": "partial"}})
     assert "too early for a verdict" in partial[2]
     assert appendix.context_rl_findings("point", {"maml": maml}, full) == []
+    short = {"returns": ctx["returns"][:2], "ci95": ctx["ci95"][:2]}     # evaluated after 0..1 steps only
+    lines = appendix.context_rl_findings("point", {"context": short, "maml": {k: v[:1] for k, v in maml.items()}}, full)
+    assert "after 0..1 steps" in lines[0] and "yes / no." in lines[1] and len(lines) == 2   # no comparison to make
+
+
+def test_table4_shows_where_the_papers_context_returns_lie(tmp_path):
+    """The generated Table 4: the row saying whether each of the paper's context-vector returns
+    lies inside our CI, and the findings under the table."""
+    import json
+    from reproduce import appendix
+    paper = appendix.CONTEXT_PAPER["point"]
+    metrics = {"context": {"returns": [paper[0] + 0.5, paper[1] + 3.0, -4.0, -2.0], "ci95": [1.0, 1.0, 0.2, 0.2]},
+               "maml": {"returns": [-40.0, -10.0, -3.0, -2.1], "ci95": [1.0, 1.0, 0.2, 0.2]}}
+    runs = {m: {"status": "full", "iterations": 100, "paper_iterations": 100} for m in metrics}
+    (tmp_path / "rl").mkdir()
+    (tmp_path / "rl" / "point.json").write_text(json.dumps({"metrics": metrics, "runs": runs}))
+    assert appendix.main(["context", "--results", str(tmp_path), "--quiet"]) == 0
+    text = (tmp_path / "appendix" / "context.md").read_text()
+    assert "| paper in our 95% CI, context vector | | yes | no | no | no |" in text
+    assert "- Context vector vs MAML (ours) after 1..3 steps:" in text
+    assert json.loads((tmp_path / "appendix" / "context.json").read_text())["rl"]["point"]["findings"]
