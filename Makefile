@@ -51,7 +51,7 @@ data-miniimagenet: setup
 data-miniimagenet-if-available: setup
 	@if [ -n "$(MINIIMAGENET_IMAGES)" ] || [ -f ../shared/data/miniimagenet/images.tar.xz ]; then \
 		$(MAKE) --no-print-directory data-miniimagenet; \
-	else echo "note: no MiniImagenet images (../shared/data/miniimagenet/images.tar.xz or MINIIMAGENET_IMAGES=...): its cells are reported as not run"; fi
+	else echo "note: no MiniImagenet images (../shared/data/miniimagenet/images.tar.xz or MINIIMAGENET_IMAGES=...): its cells keep their committed rows (else: not run)"; fi
 
 ## table1: evaluate every cell of Table 1 (the checkpoint picked by meta-validation, 600 test tasks)
 ## -> results/table1.{md,json}; TRAIN=1 first trains (or resumes) each cell to ITERATIONS (default
