@@ -118,12 +118,12 @@ MINIIMAGENET = (("miniimagenet/conv_5w1s", "miniimagenet_5w1s_conv", 15000),
 
 # Cheapest value first (README, "The campaign"): the small Omniglot cells finish in hours and
 # complete Table 1 rows; MiniImagenet's four cells follow the Omniglot 5-way ones (a first stage,
-# then, after half-cheetah and Appendix C's context runs, to the full budget); half-cheetah
-# (about 3 core-hours per method); then the long ones: Omniglot 20-way 1-shot, ant (sampling-bound,
-# about 10 core-hours per method) and 20-way 5-shot (about 50 core-hours) last. At the tail, two
-# more seeds of the settings already reproduced at full budget, for the seed variance the paper
-# never reported, save those of the sinusoid and the point, which cost minutes and come before
-# half-cheetah.
+# then, after half-cheetah and Appendix C's context runs, to the full budget); two more seeds of
+# the sinusoid and the point (minutes each); half-cheetah (about 3 core-hours per method); then
+# the long ones: Omniglot 20-way 1-shot, ant (sampling-bound, about 10 core-hours per method) and
+# 20-way 5-shot (about 50 core-hours). At the tail, two more seeds of Omniglot conv 5-way 1-shot,
+# then of conv 5-way 5-shot (about 18 core-hours each), for the seed variance the paper never
+# reported.
 QUEUE: list[Run] = [
     _cell("omniglot/mlp_5w1s", "omniglot_5w1s_mlp"),
     _cell("omniglot/mlp_5w5s", "omniglot_5w5s_mlp"),
