@@ -158,7 +158,7 @@ QUEUE: list[Run] = [
     # order to 15,000 iterations, the others to 5,000), then each to the paper's 60,000
     *[Run(c, ("table1", cell), iterations=it) for c, cell, it in MINIIMAGENET],
     # two more seeds of the sinusoid and the 2D point, reproduced at full budget: minutes each
-    # (under half a core-hour in all), so ahead of the long runs; they give those results' seed
+    # (about half a core-hour in all), so ahead of the long runs; they give those results' seed
     # variance, and the point's tells whether its gap after two steps is seed variance (each
     # report evaluates a setting's seed runs beside its own run: results/sinusoid/table.md,
     # results/rl/table.md)
