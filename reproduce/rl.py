@@ -207,8 +207,10 @@ def findings(env: str, metrics: dict, runs: dict) -> list[str]:
         if name in metrics and metrics[name].get("alpha") is not None:
             alpha, search = metrics[name]["alpha"], metrics[name].get("alpha_search") or {}
             grid = ", ".join(f"{k}: {v:.2f}" for k, v in search.items())
-            edge = (" It is the largest step of the grid: a wider eval.lr_grid may find a better one."
-                    if search and float(alpha) >= max(map(float, search)) else "")
+            steps = sorted(map(float, search))
+            side = ("largest" if float(alpha) >= steps[-1] else "smallest" if float(alpha) <= steps[0] else None) \
+                if len(steps) > 1 else None
+            edge = f" It is the {side} step of the grid: a wider eval.lr_grid may find a better one." if side else ""
             out.append(f"{name}: fine-tuning step {alpha}, tuned on training tasks (mean return by "
                        f"step: {grid}).{edge}")
     if "maml" in metrics and "pretrained" in metrics:

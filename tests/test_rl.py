@@ -470,3 +470,17 @@ def test_the_point_optimum_is_the_best_return_any_policy_gets():
             pos = pos + rng.uniform(-0.1, 0.1, size=pos.shape)
             total -= np.linalg.norm(pos - goals, axis=1)
         assert np.all(total < best)
+
+
+def test_a_fine_tuning_step_at_either_edge_of_its_grid_is_flagged():
+    """A baseline's fine-tuning step tuned at the smallest or the largest step of its grid may be
+    bettered by a wider grid, and the finding says so; one inside the grid is not flagged."""
+    from reproduce import rl as rl_repro
+    search = {"0.02": -85.2, "0.05": -134.5, "0.1": -187.2}
+    said = {}
+    for alpha in (0.02, 0.05, 0.1):
+        metrics = {"pretrained": {"returns": [-1.0], "ci95": [1.0], "alpha": alpha, "alpha_search": search}}
+        said[alpha] = next(f for f in rl_repro.findings("point", metrics, {"pretrained": {"status": "full"}})
+                           if f.startswith("pretrained"))
+    assert "the smallest step of the grid" in said[0.02] and "the largest step of the grid" in said[0.1]
+    assert "of the grid:" not in said[0.05]
