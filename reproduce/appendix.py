@@ -487,8 +487,8 @@ def context_rl_findings(env: str, metrics: dict, runs: dict) -> list[str]:
                                      lambda k: f"step {k}")], [n for n in partial if n == "context"]))
     steps = range(1, min(len(c["returns"]), len(m["returns"]), len(paper))) if m is not None else range(0)
     if steps:
-        side = lambda a, b, s: a["returns"][s] - a["ci95"][s] > b["returns"][s] + b["ci95"][s]  # noqa: E731
-        ahead, behind = [s for s in steps if side(c, m, s)], [s for s in steps if side(m, c, s)]
+        ahead = [s for s in steps if rl_repro.beyond_both_cis(c, m, s)]
+        behind = [s for s in steps if rl_repro.beyond_both_cis(m, c, s)]
         if partial:
             verdict = "Partial runs: too early for a verdict."
         elif ahead or behind:
@@ -510,9 +510,9 @@ def context_tables(args) -> int:
     t1 = {(r["dataset"], r["way"], r["shot"], r["model"], r["order"]): r
           for r in json.loads((args.results / "table1.json").read_text())} \
         if (args.results / "table1.json").exists() else {}
-    committed = out_dir / "context.json"  # its rows are kept where this machine lacks Omniglot
-    committed = {r["shot"]: r["context"] for r in json.loads(committed.read_text()).get("table3", [])} \
-        if committed.exists() else {}
+    saved = out_dir / "context.json"  # its rows are kept where this machine lacks Omniglot
+    committed = {r["shot"]: r["context"] for r in json.loads(saved.read_text()).get("table3", [])} \
+        if saved.exists() else {}
     rows3 = []
     for shot in (1, 5):
         cell = table1.Cell("omniglot", 5, shot, "conv_context", "second", f"omniglot/conv_{5}w{shot}s_context",
@@ -556,7 +556,7 @@ def context_tables(args) -> int:
         lines.append("| paper, context vector | | " + " | ".join(str(v) for v in CONTEXT_PAPER[env]) + " |")
         lines.append("| paper, MAML | | " + " | ".join(str(v) for v in PAPER_MAML[env]) + " |")
         if (m := s["metrics"].get("context")) is not None:
-            cells = ["" if c is None else ("yes" if c[0] else "no") for c in rl_repro.inside_ci(CONTEXT_PAPER[env], m)]
+            cells = rl_repro.ci_marks(rl_repro.inside_ci(CONTEXT_PAPER[env], m))
             lines.append("| paper in our 95% CI, context vector | | " + " | ".join(cells) + " |")
         found = context_rl_findings(env, s["metrics"], s["runs"])
         lines += [""] + [f"- {f}" for f in found] if found else []

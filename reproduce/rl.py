@@ -147,6 +147,17 @@ def inside_ci(paper: list, m: dict) -> list:
             if k < len(m["returns"]) else None for k, p in enumerate(paper)]
 
 
+def ci_marks(cells: list, missing: str = "") -> list[str]:
+    """`inside_ci` results as the tables and findings write them: yes / no, `missing` where we have
+    no number."""
+    return [missing if c is None else ("yes" if c[0] else "no") for c in cells]
+
+
+def beyond_both_cis(a: dict, b: dict, step: int) -> bool:
+    """Whether run `a`'s return after `step` steps lies above run `b`'s beyond both 95% CIs."""
+    return a["returns"][step] - a["ci95"][step] > b["returns"][step] + b["ci95"][step]
+
+
 def paper_check(env: str, metrics: dict) -> dict:
     """The paper's MAML returns (steps 0..3) and oracle against our runs' 95% CIs (`inside_ci`)."""
     paper, oracle = PAPER[env]
@@ -163,7 +174,7 @@ def ci_finding(checked: list, partial: list) -> str:
     yet a verdict. `partial`: the names of the runs below budget, said at the end."""
     said, gaps = [], []
     for label, cells, where in checked:
-        said.append(f"{label} " + " / ".join("-" if c is None else ("yes" if c[0] else "no") for c in cells))
+        said.append(f"{label} " + " / ".join(ci_marks(cells, "-")))
         for k, c in enumerate(cells):
             if c is None or c[0]:
                 continue
@@ -216,7 +227,7 @@ def findings(env: str, metrics: dict, runs: dict) -> list[str]:
     if "maml" in metrics and "pretrained" in metrics:
         m, p = metrics["maml"], metrics["pretrained"]
         ahead = [s for s in range(1, min(len(m["returns"]), len(p["returns"])))
-                 if m["returns"][s] - m["ci95"][s] > p["returns"][s] + p["ci95"][s]]
+                 if beyond_both_cis(m, p, s)]
         if any(runs[n]["status"] != "full" for n in ("maml", "pretrained") if n in runs):
             verdict = "Partial runs: too early for a verdict."
         elif ahead:
@@ -280,7 +291,7 @@ def table(results_dir: Path, envs=ENVS) -> str:
         check = paper_check(env, s["metrics"])
         for name in ("maml", "oracle"):
             if check.get(name):
-                cells = ["" if c is None else ("yes" if c[0] else "no") for c in check[name]]
+                cells = ci_marks(check[name])
                 cells += [""] * (n_steps - len(cells))
                 lines.append(f"| paper in our 95% CI, {'MAML' if name == 'maml' else name} | | " + " | ".join(cells) + " |")
         lines += seed_section(env, s)[0]
