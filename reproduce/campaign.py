@@ -65,6 +65,7 @@ class Run:
     sets: tuple = ()  # --set overrides (a pilot's variant of the config)
     iterations: int | None = None  # a budget other than the config's (a pilot)
     dir: str = ""     # run directory under results/ (default <experiment>/<method>[_seed<N>])
+    like: str = ""    # a config whose measured speed stands in for this one's until it has its own
 
     @property
     def name(self) -> str:
@@ -102,8 +103,8 @@ class Run:
         return cmd
 
 
-def _rl(env: str, methods=("maml", "pretrained", "oracle")) -> list[Run]:
-    return [Run(f"rl/{env}/{m}", ("rl", env, m)) for m in methods]
+def _rl(env: str, methods=("maml", "pretrained", "oracle"), like: str = "") -> list[Run]:
+    return [Run(f"rl/{env}/{m}", ("rl", env, m), like=like and f"rl/{like}/{m}") for m in methods]
 
 
 def _cell(config: str, cell: str, hold: str = "") -> Run:
@@ -170,14 +171,15 @@ QUEUE: list[Run] = [
     # is one run of `make appendix-table2`, not a queue entry)
     Run("rl/point/context", ("rl", "point", "context")),   # z_dim 2, from its pilots
     Run("omniglot/conv_5w1s_context", ("appendix", "context")),   # z_dim 8, init base, from its pilots
-    Run("omniglot/conv_5w5s_context", ("appendix", "context")),
+    Run("omniglot/conv_5w5s_context", ("appendix", "context"), like="omniglot/conv_5w5s"),  # its speed until measured
     Run("rl/cheetah_dir/context", ("rl", "cheetah_dir", "context")),   # z_dim 512, init base, from its pilots
     # MiniImagenet's second stage after them: the context runs complete Appendix C's tables for
-    # fewer core-hours (point 0.2, Omniglot about 5 each) than a MiniImagenet cell (about 45)
+    # fewer core-hours (point 0.2, Omniglot 5-way 1-shot about 4, 5-shot about 15, half-cheetah about
+    # 4.5) than a MiniImagenet cell (about 45)
     *[_cell(c, cell) for c, cell, _ in MINIIMAGENET],
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),
-    *_rl("ant_dir"),
+    *_rl("ant_dir", like="ant_vel"),   # the same body and methods: ant velocity's speeds until measured
     _cell("omniglot/conv_20w5s", "omniglot_20w5s_conv"),
     # two more seeds of Omniglot conv 5-way 1-shot, reproduced at full budget (about 4 core-hours
     # each; results/table1.md shows every seed of a cell)
@@ -280,20 +282,47 @@ def bench_speeds(results: Path) -> dict[str, float]:
     return speeds
 
 
-def estimated_speed(run: Run, results: Path, bench: dict[str, float]) -> tuple[float, int | None, str] | None:
-    """(seconds per iteration, cores, where from) for a run not measured yet: the same config's
-    own run when another seed of it has trained on a recorded number of cores, else the config's
-    `make bench` row (core-seconds), else that other seed's run on cores not recorded; None when
-    there is nothing to go by. A run with its own settings (`sets`) has neither."""
+def estimated_speed(run: Run, results: Path, bench: dict[str, float],
+                    queue: list[Run] | None = None) -> tuple[float, int | None, str] | None:
+    """(seconds per iteration, cores, where from) for a run not measured yet, the first that
+    applies: the same config's own run when another seed of it has trained on a recorded number
+    of cores; its pilots (queued runs of the same config with other settings) that train the same
+    network (each `model.` setting the config's own), the median of their core-seconds; the
+    config's `make bench` row (core-seconds); the run named by `like` (measured, or its bench
+    row); that other seed's run on cores not recorded; None when there is nothing to go by. A run
+    with its own settings (`sets`) has none of these."""
     sibling = dataclasses.replace(run, seed=None)
     sec, cores = seconds_per_iteration(sibling.run_dir(results)) if sibling != run else (None, None)
     if sec is not None and cores:
         return sec, cores, "the config's own run"
-    if not run.sets and run.config in bench:
+    if run.sets:
+        return None
+    pilots = [seconds_per_iteration(p.run_dir(results)) for p in queue or ()
+              if p.config == run.config and p.sets and _same_network(p, run)]
+    pilots = [s * (c or 1) for s, c in pilots if s is not None]
+    if pilots:
+        return statistics.median(pilots), 1, "its pilots"
+    if run.config in bench:
         return bench[run.config], 1, BENCH
+    if run.like:
+        like_sec, like_cores = seconds_per_iteration(Run(run.like).run_dir(results))
+        if like_sec is not None:
+            return like_sec, like_cores, f"like {run.like}"
+        if run.like in bench:
+            return bench[run.like], 1, f"like {run.like}, its {BENCH} row"
     if sec is not None:
         return sec, cores, "the config's own run"
     return None
+
+
+def _same_network(pilot: Run, run: Run) -> bool:
+    """Whether every `model.` setting of the pilot is the value in run's config."""
+    model = run.raw().get("model", {})
+    for s in pilot.sets:
+        key, _, value = s.partition("=")
+        if key.startswith("model.") and model.get(key[len("model."):]) != yaml.safe_load(value):
+            return False
+    return True
 
 
 def status_rows(queue: list[Run], results: Path, running: dict | None = None,
@@ -306,7 +335,7 @@ def status_rows(queue: list[Run], results: Path, running: dict | None = None,
         d = run.run_dir(results)
         done, budget = done_iterations(d), run.budget()
         sec, cores = seconds_per_iteration(d)
-        guess = estimated_speed(run, results, bench) if sec is None else None
+        guess = estimated_speed(run, results, bench, queue) if sec is None else None
         if guess is not None:
             sec, cores, _ = guess
         left = max(budget - done, 0)
@@ -350,8 +379,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {i} | {r['run']} | {r['done']} / {r['budget']} | {r['metric']} | {sec} | "
                      f"{left} | {r['state']} |")
     tail = (f" ({estimated:.1f} of them estimated, ~, for runs not trained yet: from another seed's run of "
-            f"the same config, or from the config's `make bench` row, which times the step alone: a lower "
-            f"bound)" if estimated else "")
+            f"the same config, its pilots, a run named as like it, or the config's `make bench` row, which "
+            f"times the step alone: a lower bound)" if estimated else "")
     tail += f" and {unknown} run(s) not measured yet" if unknown else ""
     lines += ["", f"**Total: {total:.1f} core-hours left{tail}.**", ""]
     return "\n".join(lines)

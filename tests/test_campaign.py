@@ -118,6 +118,56 @@ def test_runs_not_trained_yet_are_estimated_from_another_seed_or_make_bench(tmp_
     assert "speed not measured yet" in campaign.estimate(d, 1000, None, results)   # (overrides: no config)
 
 
+def test_runs_not_trained_yet_are_estimated_from_pilots_of_the_same_network_or_a_like_run(tmp_path):
+    """Before its own run and its bench row: its pilots that train the same network (each `model.`
+    setting the config's; a pilot of another network does not count), the median of their
+    core-seconds; after the bench row: the run named by `like`, measured, else its bench row."""
+    results = tmp_path / "results"
+    main = campaign.Run(_config(tmp_path, "main", 1000))
+    sizes = yaml.safe_load(Path(main.config).read_text())["model"]["sizes"]
+    same = [campaign.Run(main.config, sets=(f"model.sizes={sizes}", f"train.val_every={v}"), iterations=10,
+                         dir=f"pilot{v}") for v in (1, 2, 3)]
+    other = campaign.Run(main.config, sets=("model.sizes=[1,4,1]",), iterations=10, dir="pilot_other")
+    for run, it_per_s, cores in ((same[0], 4.0, 1), (same[1], 2.0, 2), (same[2], 1.0, None), (other, 0.01, 1)):
+        d = run.run_dir(results)
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "it_per_s": it_per_s}) + "\n")
+        if cores:
+            (d / "sessions.jsonl").write_text(json.dumps({"cores": cores}) + "\n")
+    model = campaign.Run(_config(tmp_path, "model", 1000))   # measured on 2 cores
+    d = model.run_dir(results)
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "it_per_s": 0.5}) + "\n")
+    (d / "sessions.jsonl").write_text(json.dumps({"cores": 2}) + "\n")
+    like = campaign.Run(_config(tmp_path, "like", 1000), like=model.config)
+    benched = campaign.Run(_config(tmp_path, "benched", 1000))
+    like_bench = campaign.Run(_config(tmp_path, "like_bench", 1000), like=benched.config)
+    like_nothing = campaign.Run(_config(tmp_path, "like_nothing", 1000), like=_config(tmp_path, "nothing", 1))
+    (results / "bench").mkdir()
+    (results / "bench" / "latest.json").write_text(json.dumps({"settings": [
+        {"config": benched.config, "overrides": {}, "seconds_per_iteration": 3.0},
+        {"config": main.config, "overrides": {}, "seconds_per_iteration": 9.0}]}))
+    queue = [*same, other, main, model, like, benched, like_bench, like_nothing]
+    rows = {r["run"]: r for r in campaign.status_rows(queue, results)}
+    # the pilots of its network ran 0.25, 1.0 (0.5 s on 2 cores) and 1.0 core-seconds: median 1.0,
+    # ahead of its bench row (9.0); the other network's pilot (100 s) is left out
+    assert rows[main.name]["estimated_from"] == "its pilots"
+    assert rows[main.name]["core_hours_left"] == pytest.approx(1000 * 1.0 / 3600)
+    assert rows[like.name]["estimated_from"] == f"like {model.config}"
+    assert rows[like.name]["core_hours_left"] == pytest.approx(1000 * 2.0 * 2 / 3600)
+    assert rows[like_bench.name]["estimated_from"] == f"like {benched.config}, its {campaign.BENCH} row"
+    assert rows[like_bench.name]["core_hours_left"] == pytest.approx(1000 * 3.0 / 3600)
+    assert rows[like_nothing.name]["core_hours_left"] is None
+    assert rows[other.name]["estimated_from"] is None   # a pilot is measured, never estimated
+    assert "~1 (1 core; its pilots)" in campaign.table(list(rows.values()))
+    # the committed queue: the Omniglot 5-shot context run goes by conv 5-way 5-shot, ant direction
+    # by ant velocity, method for method
+    by_config = {r.config: r for r in campaign.QUEUE if not r.sets and r.seed is None}
+    assert by_config["omniglot/conv_5w5s_context"].like == "omniglot/conv_5w5s"
+    assert [by_config[f"rl/ant_dir/{m}"].like for m in ("maml", "pretrained", "oracle")] == \
+        [f"rl/ant_vel/{m}" for m in ("maml", "pretrained", "oracle")]
+
+
 def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
     names = [r.config for r in campaign.QUEUE]
     for r in campaign.QUEUE:
