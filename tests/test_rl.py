@@ -484,3 +484,25 @@ def test_a_fine_tuning_step_at_either_edge_of_its_grid_is_flagged():
                            if f.startswith("pretrained"))
     assert "the smallest step of the grid" in said[0.02] and "the largest step of the grid" in said[0.1]
     assert "of the grid:" not in said[0.05]
+
+
+def test_the_oracle_gap_finding_separates_what_every_method_loses_from_adaptation():
+    """MAML measured from each one's own oracle; where our oracle lies below the paper's beyond the
+    two-evaluation margin, that much of MAML's gap to the paper is shared by every method, and the
+    rest is said step by step. Not for the point; PARTIAL runs are no finding yet."""
+    from reproduce import rl as rl_repro
+    paper, oracle = rl_repro.PAPER["cheetah_vel"]            # -129.5 / -78.6 / -66.6 / -60.8, oracle -54.5
+    maml = {"returns": [-150.0, -100.6, -88.6, -82.8], "ci95": [10.0] * 4}
+    full = {"maml": {"status": "full"}, "oracle": {"status": "full"}}
+    low = {"maml": maml, "oracle": {"returns": [-74.5] * 4, "ci95": [5.0] * 4}}   # 20 below, beyond 7.07
+    line = rl_repro.oracle_gap_finding("cheetah_vel", low, full)
+    assert "ours 26.10 / 14.10 / 8.30, the paper's 24.10 / 12.10 / 6.30." in line
+    assert "Our oracle lies 20.00 below the paper's (beyond ± 7.07)" in line
+    assert "what remains of it after 1..3 steps: 2.00 / 2.00 / 2.00." in line   # 22.0 - 20 at each step
+    close = {"maml": maml, "oracle": {"returns": [-60.0] * 4, "ci95": [5.0] * 4}}  # 5.5 below: within 7.07
+    line = rl_repro.oracle_gap_finding("cheetah_vel", close, full)
+    assert "From the oracle" in line and "Our oracle lies" not in line
+    assert "PARTIAL" in rl_repro.oracle_gap_finding("cheetah_vel", low, {**full, "oracle": {"status": "partial"}})
+    assert rl_repro.oracle_gap_finding("point", low, full) == ""
+    assert rl_repro.oracle_gap_finding("cheetah_vel", {"maml": maml}, full) == ""
+    assert line in rl_repro.findings("cheetah_vel", close, full)
