@@ -286,19 +286,20 @@ def estimated_speed(run: Run, results: Path, bench: dict[str, float],
                     queue: list[Run] | None = None) -> tuple[float, int | None, str] | None:
     """(seconds per iteration, cores, where from) for a run not measured yet, the first that
     applies: the same config's own run when another seed of it has trained on a recorded number
-    of cores; its pilots (queued runs of the same config with other settings) that train the same
-    network (each `model.` setting the config's own), the median of their core-seconds; the
-    config's `make bench` row (core-seconds); the run named by `like` (measured, or its bench
-    row); that other seed's run on cores not recorded; None when there is nothing to go by. A run
-    with its own settings (`sets`) has none of these."""
+    of cores; its pilots (queued runs of the same config with settings of their own) that train as
+    it does (`_trains_alike`), the median of their core-seconds (a pilot whose cores were not
+    recorded counted on one, as the table does); the config's `make bench` row (core-seconds); the
+    run of the config named by `like` (measured, else its bench row); that other seed's run on
+    cores not recorded; None when there is nothing to go by. A run with settings of its own (a
+    pilot) goes by another seed's run only."""
     sibling = dataclasses.replace(run, seed=None)
     sec, cores = seconds_per_iteration(sibling.run_dir(results)) if sibling != run else (None, None)
     if sec is not None and cores:
         return sec, cores, "the config's own run"
     if run.sets:
-        return None
+        return (sec, cores, "the config's own run") if sec is not None else None
     pilots = [seconds_per_iteration(p.run_dir(results)) for p in queue or ()
-              if p.config == run.config and p.sets and _same_network(p, run)]
+              if p.config == run.config and p.sets and _trains_alike(p, run)]
     pilots = [s * (c or 1) for s, c in pilots if s is not None]
     if pilots:
         return statistics.median(pilots), 1, "its pilots"
@@ -315,12 +316,19 @@ def estimated_speed(run: Run, results: Path, bench: dict[str, float],
     return None
 
 
-def _same_network(pilot: Run, run: Run) -> bool:
-    """Whether every `model.` setting of the pilot is the value in run's config."""
-    model = run.raw().get("model", {})
+# a pilot's settings that do not change what an iteration costs (validation is rare: measured
+# seconds per iteration take the median of logged intervals)
+COST_FREE_SETTINGS = ("train.val_every",)
+
+
+def _trains_alike(pilot: Run, run: Run) -> bool:
+    """Whether each of the pilot's settings (but COST_FREE_SETTINGS) is the value in run's config:
+    the same network and training step, so the same cost per iteration."""
+    raw = run.raw()
     for s in pilot.sets:
         key, _, value = s.partition("=")
-        if key.startswith("model.") and model.get(key[len("model."):]) != yaml.safe_load(value):
+        section, _, name = key.partition(".")
+        if key not in COST_FREE_SETTINGS and (raw.get(section) or {}).get(name) != yaml.safe_load(value):
             return False
     return True
 

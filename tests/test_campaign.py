@@ -119,16 +119,19 @@ def test_runs_not_trained_yet_are_estimated_from_another_seed_or_make_bench(tmp_
 
 
 def test_runs_not_trained_yet_are_estimated_from_pilots_of_the_same_network_or_a_like_run(tmp_path):
-    """Before its own run and its bench row: its pilots that train the same network (each `model.`
-    setting the config's; a pilot of another network does not count), the median of their
-    core-seconds; after the bench row: the run named by `like`, measured, else its bench row."""
+    """Before its own run and its bench row: its pilots that train as it does (each setting but
+    validation's the config's; a pilot of another network or training step does not count), the
+    median of their core-seconds; after the bench row: the run named by `like`, measured, else its
+    bench row."""
     results = tmp_path / "results"
     main = campaign.Run(_config(tmp_path, "main", 1000))
     sizes = yaml.safe_load(Path(main.config).read_text())["model"]["sizes"]
     same = [campaign.Run(main.config, sets=(f"model.sizes={sizes}", f"train.val_every={v}"), iterations=10,
                          dir=f"pilot{v}") for v in (1, 2, 3)]
     other = campaign.Run(main.config, sets=("model.sizes=[1,4,1]",), iterations=10, dir="pilot_other")
-    for run, it_per_s, cores in ((same[0], 4.0, 1), (same[1], 2.0, 2), (same[2], 1.0, None), (other, 0.01, 1)):
+    other_step = campaign.Run(main.config, sets=("train.first_order=true",), iterations=10, dir="pilot_fo")
+    for run, it_per_s, cores in ((same[0], 4.0, 1), (same[1], 2.0, 2), (same[2], 0.5, None), (other, 0.01, 1),
+                                 (other_step, 0.02, 1)):
         d = run.run_dir(results)
         d.mkdir(parents=True)
         (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "it_per_s": it_per_s}) + "\n")
@@ -143,16 +146,21 @@ def test_runs_not_trained_yet_are_estimated_from_pilots_of_the_same_network_or_a
     benched = campaign.Run(_config(tmp_path, "benched", 1000))
     like_bench = campaign.Run(_config(tmp_path, "like_bench", 1000), like=benched.config)
     like_nothing = campaign.Run(_config(tmp_path, "like_nothing", 1000), like=_config(tmp_path, "nothing", 1))
+    benched_like = campaign.Run(_config(tmp_path, "benched_like", 1000), like=model.config)
     (results / "bench").mkdir()
     (results / "bench" / "latest.json").write_text(json.dumps({"settings": [
         {"config": benched.config, "overrides": {}, "seconds_per_iteration": 3.0},
-        {"config": main.config, "overrides": {}, "seconds_per_iteration": 9.0}]}))
-    queue = [*same, other, main, model, like, benched, like_bench, like_nothing]
+        {"config": main.config, "overrides": {}, "seconds_per_iteration": 9.0},
+        {"config": benched_like.config, "overrides": {}, "seconds_per_iteration": 7.0}]}))
+    queue = [*same, other, other_step, main, model, like, benched, like_bench, like_nothing, benched_like]
     rows = {r["run"]: r for r in campaign.status_rows(queue, results)}
-    # the pilots of its network ran 0.25, 1.0 (0.5 s on 2 cores) and 1.0 core-seconds: median 1.0,
-    # ahead of its bench row (9.0); the other network's pilot (100 s) is left out
+    # the pilots that train as it does ran 0.25, 1.0 (0.5 s on 2 cores) and 2.0 (cores not recorded:
+    # one) core-seconds: median 1.0, ahead of its bench row (9.0); with the other network's (100 s)
+    # or the other training step's (50 s) the median would be 1.5
     assert rows[main.name]["estimated_from"] == "its pilots"
     assert rows[main.name]["core_hours_left"] == pytest.approx(1000 * 1.0 / 3600)
+    assert rows[benched_like.name]["estimated_from"] == campaign.BENCH   # its own bench row before `like`
+    assert rows[benched_like.name]["core_hours_left"] == pytest.approx(1000 * 7.0 / 3600)
     assert rows[like.name]["estimated_from"] == f"like {model.config}"
     assert rows[like.name]["core_hours_left"] == pytest.approx(1000 * 2.0 * 2 / 3600)
     assert rows[like_bench.name]["estimated_from"] == f"like {benched.config}, its {campaign.BENCH} row"
@@ -166,6 +174,8 @@ def test_runs_not_trained_yet_are_estimated_from_pilots_of_the_same_network_or_a
     assert by_config["omniglot/conv_5w5s_context"].like == "omniglot/conv_5w5s"
     assert [by_config[f"rl/ant_dir/{m}"].like for m in ("maml", "pretrained", "oracle")] == \
         [f"rl/ant_vel/{m}" for m in ("maml", "pretrained", "oracle")]
+    for r in campaign.QUEUE:   # each `like` names a config that exists
+        assert not r.like or campaign.Run(r.like).path().exists(), r.like
 
 
 def test_the_queue_is_in_the_agreed_order_and_every_config_exists():

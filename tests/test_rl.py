@@ -487,22 +487,36 @@ def test_a_fine_tuning_step_at_either_edge_of_its_grid_is_flagged():
 
 
 def test_the_oracle_gap_finding_separates_what_every_method_loses_from_adaptation():
-    """MAML measured from each one's own oracle; where our oracle lies below the paper's beyond the
-    two-evaluation margin, that much of MAML's gap to the paper is shared by every method, and the
-    rest is said step by step. Not for the point; PARTIAL runs are no finding yet."""
+    """MAML measured from each one's own oracle. For a tracking reward, where our oracle lies below
+    the paper's beyond the two-evaluation margin, the rest of MAML's gap to the paper is said step
+    by step against its own margin, or none where MAML is no further from its oracle than the
+    paper's; an oracle above the paper's, or within the margin, gives no such reading. Direction
+    tasks: fractions of the oracle's return. Not for the point; PARTIAL runs are no finding yet."""
     from reproduce import rl as rl_repro
-    paper, oracle = rl_repro.PAPER["cheetah_vel"]            # -129.5 / -78.6 / -66.6 / -60.8, oracle -54.5
-    maml = {"returns": [-150.0, -100.6, -88.6, -82.8], "ci95": [10.0] * 4}
     full = {"maml": {"status": "full"}, "oracle": {"status": "full"}}
+    # cheetah_vel, paper -129.5 / -78.6 / -66.6 / -60.8, oracle -54.5
+    maml = {"returns": [-150.0, -100.6, -88.6, -72.8], "ci95": [10.0] * 4}
     low = {"maml": maml, "oracle": {"returns": [-74.5] * 4, "ci95": [5.0] * 4}}   # 20 below, beyond 7.07
     line = rl_repro.oracle_gap_finding("cheetah_vel", low, full)
-    assert "ours 26.10 / 14.10 / 8.30, the paper's 24.10 / 12.10 / 6.30." in line
+    assert "ours 26.10 / 14.10 / -1.70, the paper's 24.10 / 12.10 / 6.30." in line
     assert "Our oracle lies 20.00 below the paper's (beyond ± 7.07)" in line
-    assert "what remains of it after 1..3 steps: 2.00 / 2.00 / 2.00." in line   # 22.0 - 20 at each step
-    close = {"maml": maml, "oracle": {"returns": [-60.0] * 4, "ci95": [5.0] * 4}}  # 5.5 below: within 7.07
-    line = rl_repro.oracle_gap_finding("cheetah_vel", close, full)
-    assert "From the oracle" in line and "Our oracle lies" not in line
+    # 22.0 - 20 after steps 1 and 2, within sqrt(2 (25 + 100)) = 15.81; after step 3 MAML is 8.0
+    # nearer its oracle than the paper's is
+    assert "is 2.00 (within ± 15.81) / 2.00 (within ± 15.81) / none (-8.00: no further" in line
+    wide = {"maml": {**maml, "returns": [-150.0, -140.6, -88.6, -72.8]}, "oracle": low["oracle"]}
+    assert "42.00 (beyond ± 15.81)" in rl_repro.oracle_gap_finding("cheetah_vel", wide, full)
+    for our_oracle in (-60.0, -30.0):   # within the margin (5.5 below), above the paper's
+        close = {"maml": maml, "oracle": {"returns": [our_oracle] * 4, "ci95": [5.0] * 4}}
+        line = rl_repro.oracle_gap_finding("cheetah_vel", close, full)
+        assert "From the oracle" in line and "Our oracle lies" not in line
+    assert line in rl_repro.findings("cheetah_vel", close, full)
+    # direction (paper 293.2 / 313.5 / 315.7, oracle 442.7): no offset, fractions of the oracle's return
+    direction = {"maml": {"returns": [0.0, 150.0, 200.0, 250.0], "ci95": [5.0] * 4},
+                 "oracle": {"returns": [250.0] * 4, "ci95": [5.0] * 4}}
+    line = rl_repro.oracle_gap_finding("cheetah_dir", direction, full)
+    assert "Our oracle lies" not in line and "ours 0.60 / 0.80 / 1.00, the paper's 0.66 / 0.71 / 0.71." in line
     assert "PARTIAL" in rl_repro.oracle_gap_finding("cheetah_vel", low, {**full, "oracle": {"status": "partial"}})
     assert rl_repro.oracle_gap_finding("point", low, full) == ""
     assert rl_repro.oracle_gap_finding("cheetah_vel", {"maml": maml}, full) == ""
-    assert line in rl_repro.findings("cheetah_vel", close, full)
+    one = {"maml": {"returns": [-150.0], "ci95": [10.0]}, "oracle": low["oracle"]}   # eval.steps 0
+    assert rl_repro.oracle_gap_finding("cheetah_vel", one, full) == ""
