@@ -288,30 +288,42 @@ def test_pooling_first_gives_the_same_float32_bits(form):
 
 def test_per_task_conv4_is_within_float32_rounding_of_the_exact_function_at_miniimagenet_shape():
     """At MiniImagenet's shapes (84x84x3, 32 filters, 5-way 1-shot, 2 tasks) the per-task path
-    (oneDNN kernels, batch norm by matmuls) in float32 agrees with the batched path's output and
-    is within float32 rounding of the exact function (the batched path in float64): the plain
-    gradient and the first- and second-order meta-gradients through an inner step. Against
-    float64, not against the batched path in float32: each float32 path can flip a ReLU or a
-    max-pool choice that the other does not (on another batch, seed 14, the batched float32 path
-    is 1e-2 off the float64 gradient in conv1 and conv2, the per-task path 1e-5), so the two float32
-    paths need not agree; longer runs are compared in float64
-    (test_per_task_conv4_is_the_batched_function_in_float64)."""
+    (oneDNN kernels, batch norm by matmuls) in float32 is within float32 rounding of the exact
+    function (the batched path in float64): the plain gradient and the first- and second-order
+    meta-gradients through an inner step.
+
+    On a network without kinks: ReLU and max-pool have derivatives that jump where two inputs tie
+    (a ReLU at 0, a window's two largest entries), and a float32 path rounds differently from
+    float64 (and one CPU's oneDNN kernels from another's), so somewhere among millions of
+    activations one of them lands on the other side of such a tie, and the gradient after an inner
+    step moves by up to 1e-2 (seen on an AMD EPYC, seed 12: 1.5e-2 in conv2 with oneDNN, 1.3e-6
+    without; the batched float32 path jumps likewise on most seeds). So the rounding is checked on
+    the smooth variant of the network (softplus, stride-2 convolutions: batch norm's matmul form on
+    its 42x42 and 21x21 maps, the reduction form on 11x11 and 6x6), where no such jump exists, and
+    on the MiniImagenet network itself (ReLU, max-pool) only what is continuous: the outputs and
+    the losses. Its derivatives are the batched form's exactly in float64
+    (test_per_task_conv4_is_the_batched_function_in_float64), its max-pool's derivatives
+    tf.nn.max_pool2d's on ties (test_max_pool_derivatives_are_tensorflows_with_ties)."""
     rng = np.random.default_rng(12)
-    params = MINIIMAGENET.init(0)
     batch = _fewshot_batch(rng, 2, 5, 1, 2, 84, 3, tf.float32)
-    assert 21 * 21 >= nets.BN_MATMUL_MIN_PIXELS > 10 * 10   # (both batch-norm forms: layers 1-3 and 4)
     exact = {k: tf.cast(v, tf.float64) if v.dtype == tf.float32 else v for k, v in batch.items()}
-    out_b = MINIIMAGENET.apply(params, batch["xq"]).numpy()
-    assert _max_rel(MINIIMAGENET_PER_TASK.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
     loss_fn = maml.cross_entropy(1)
-    for steps, first_order in ((0, False), (1, False), (1, True)):
-        l64, g64 = maml.meta_gradient(MINIIMAGENET, _f64(params), TB(exact), loss_fn, steps, 0.001, first_order)
-        lp, gp = maml.meta_gradient(MINIIMAGENET_PER_TASK, params, TB(batch), loss_fn, steps, 0.001, first_order)
-        assert float(lp) == pytest.approx(float(l64), rel=1e-5)
-        for k in params:
-            if k in ("b1", "b2", "b3", "b4"):   # exactly zero (batch norm follows): rounding noise only
-                continue
-            assert _max_rel(gp["params"][k].numpy(), g64["params"][k].numpy()) < 2e-4, (steps, first_order, k)
+    smooth = {impl: nets.conv4(5, 3, 32, 84, max_pool=False, activation="softplus", impl=impl)
+              for impl in ("batched", "per_task")}
+    assert 21 * 21 >= nets.BN_MATMUL_MIN_PIXELS > 11 * 11   # the smooth net's maps: 42, 21, 11, 6 pixels a side
+    for (batched, per_task), tolerance in (((MINIIMAGENET, MINIIMAGENET_PER_TASK), None),
+                                           ((smooth["batched"], smooth["per_task"]), 2e-4)):
+        params = batched.init(0)
+        out_b = batched.apply(_f64(params), exact["xq"]).numpy()
+        assert _max_rel(per_task.apply(params, batch["xq"]).numpy(), out_b) < 1e-5
+        for steps, first_order in ((0, False), (1, False), (1, True)):
+            l64, g64 = maml.meta_gradient(batched, _f64(params), TB(exact), loss_fn, steps, 0.001, first_order)
+            lp, gp = maml.meta_gradient(per_task, params, TB(batch), loss_fn, steps, 0.001, first_order)
+            assert float(lp) == pytest.approx(float(l64), rel=1e-5)
+            for k in params if tolerance else ():
+                if k in ("b1", "b2", "b3", "b4"):   # exactly zero (batch norm follows): rounding noise only
+                    continue
+                assert _max_rel(gp["params"][k].numpy(), g64["params"][k].numpy()) < tolerance, (steps, first_order, k)
 
 
 # The Omniglot conv4 meta-gradient (second order, 1 inner step of 0.4) on a fixed batch, computed
