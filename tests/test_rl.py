@@ -520,3 +520,21 @@ def test_the_oracle_gap_finding_separates_what_every_method_loses_from_adaptatio
     assert rl_repro.oracle_gap_finding("cheetah_vel", {"maml": maml}, full) == ""
     one = {"maml": {"returns": [-150.0], "ci95": [10.0]}, "oracle": low["oracle"]}   # eval.steps 0
     assert rl_repro.oracle_gap_finding("cheetah_vel", one, full) == ""
+
+
+def test_the_maml_vs_pretrained_verdict_names_the_side_ahead_beyond_both_cis():
+    """Full runs: MAML ahead beyond both CIs, the pretrained policy ahead (the opposite of the
+    paper's figure), or neither; partial runs get no verdict."""
+    from reproduce import rl as rl_repro
+    run = {"status": "full", "iterations": 500, "paper_iterations": 500}
+    full = {"maml": run, "pretrained": run}
+
+    def verdict(maml, pretrained, runs=full):
+        metrics = {"maml": {"returns": maml, "ci95": [1.0] * len(maml)},
+                   "pretrained": {"returns": pretrained, "ci95": [1.0] * len(pretrained)}}
+        return next(f for f in rl_repro.findings("cheetah_vel", metrics, runs) if f.startswith("MAML vs pretrained"))
+    assert "MAML is ahead beyond both CIs at step(s) [1, 2]." in verdict([0, 10, 10, 5], [0, 5, 5, 5])
+    said = verdict([0, 5, 5, 6], [0, 10, 10, 5])
+    assert "The pretrained policy is ahead beyond both CIs at step(s) [1, 2], MAML at none" in said
+    assert "No step where MAML is ahead" in verdict([0, 5, 5, 5], [0, 6, 5, 4])
+    assert "too early for a verdict" in verdict([0, 5, 5, 6], [0, 10, 10, 5], {**full, "maml": {**run, "status": "partial"}})
