@@ -166,6 +166,14 @@ QUEUE: list[Run] = [
     *[Run(c, ("sinusoid",), seed) for seed in (1, 2) for c in ("sinusoid/maml", "sinusoid/pretrained")],
     *[Run("rl/point/maml", ("rl", "point", "maml"), seed) for seed in (2, 3)],  # the config's own seed is 1
     *_rl("cheetah_vel"),
+    # Half-cheetah's observation (maml_tf/envs/locomotion.py, note 6): the official code (rllab),
+    # and pytorch-maml-rl, which reproduced half-cheetah, observe 20 numbers, the robot's centre of
+    # mass among them (its x grows with the distance run); ours by default Gymnasium's 17, without
+    # it. Direction MAML levelled off near +50 after one step from about 100 iterations (paper:
+    # 293 at the end): the oracle and MAML again with rllab's observation, as far as the default
+    # runs' curves are known, tell whether the observation is why (results/rl/obs_pilot.md)
+    *[Run(f"rl/cheetah_dir/{m}", sets=("env_kwargs.obs_mode=rllab",), iterations=it,
+          dir=f"rl/obs_pilot/cheetah_dir_{m}") for m, it in (("oracle", 60), ("maml", 150))],
     *_rl("cheetah_dir"),
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
     # is one run of `make appendix-table2`, not a queue entry)
