@@ -10,7 +10,7 @@ OMNIGLOT_SOURCE ?=
 MINIIMAGENET_IMAGES ?=
 iters = $(if $(ITERATIONS),--iterations $(ITERATIONS))
 
-.PHONY: help setup test bench report appendix appendix-table2 appendix-context campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir table1
+.PHONY: help setup test bench report appendix appendix-table2 appendix-context campaign campaign-status data-miniimagenet-if-available sinusoid data data-omniglot data-miniimagenet rl rl-point rl-cheetah-vel rl-cheetah-dir rl-ant-vel rl-ant-dir rl-obs-pilot table1
 
 ## help: this list of targets
 help:
@@ -85,6 +85,9 @@ rl-ant-vel: setup
 	$(PY) -m reproduce.rl ant_vel $(iters) $(evalonly)
 rl-ant-dir: setup
 	$(PY) -m reproduce.rl ant_dir $(iters) $(evalonly)
+## rl-obs-pilot: the campaign's half-cheetah pilots with rllab's observation against the default runs (seconds)
+rl-obs-pilot: setup
+	$(PY) -m reproduce.rl_pilot obs_pilot
 
 ## report: every table regenerated from the committed results, one page: results/README.md (seconds)
 report: setup

@@ -57,6 +57,7 @@ class Run:
     """One training run of the queue: a config (under reproduce/configs, or a path), an optional
     seed other than the config's (its run directory gets a `_seed<N>` suffix), and the report that
     evaluates it: ("table1", cell name), ("rl", env, method), ("appendix", table), ("sinusoid",),
+    ("rl_pilot", pilot set) (reproduce.rl_pilot: training curves against the config's own run),
     or () for none yet."""
     config: str
     report: tuple = ()
@@ -172,7 +173,7 @@ QUEUE: list[Run] = [
     # it. Direction MAML levelled off near +50 after one step from about 100 iterations (paper:
     # 293 at the end): the oracle and MAML again with rllab's observation, as far as the default
     # runs' curves are known, tell whether the observation is why (results/rl/obs_pilot.md)
-    *[Run(f"rl/cheetah_dir/{m}", sets=("env_kwargs.obs_mode=rllab",), iterations=it,
+    *[Run(f"rl/cheetah_dir/{m}", ("rl_pilot", "obs_pilot"), sets=("env_kwargs.obs_mode=rllab",), iterations=it,
           dir=f"rl/obs_pilot/cheetah_dir_{m}") for m, it in (("oracle", 60), ("maml", 150))],
     *_rl("cheetah_dir"),
     # Appendix C, the context vector at the budgets of the MAML runs (Table 2, parameter averaging,
@@ -553,6 +554,8 @@ class Campaign:
         sinusoid = [r for r in moved if r.report[0] == "sinusoid"]
         if sinusoid:  # (its seed runs: the report evaluates every method and every seed)
             jobs.append((["reproduce.sinusoid", "--eval-only"], sinusoid))
+        for pilot_set in dict.fromkeys(r.report[1] for r in moved if r.report[0] == "rl_pilot"):
+            jobs.append((["reproduce.rl_pilot", pilot_set], [r for r in moved if r.report == ("rl_pilot", pilot_set)]))
         appendix: dict[str, list] = {}
         deferred = set()  # RL context runs: reported once reproduce.appendix has succeeded after reproduce.rl
         for r in moved:
