@@ -253,7 +253,73 @@ def oracle_gap_finding(env: str, metrics: dict, runs: dict) -> str:
     return line
 
 
-def findings(env: str, metrics: dict, runs: dict) -> list[str]:
+TRAINING_WINDOWS = 5   # MAML's training curve in the findings: the budget in this many windows
+
+
+def training_finding(env: str, runs: dict, results: Path | None) -> str:
+    """How MAML's training went (locomotion): the mean training return after the inner step (over
+    the iteration's training tasks) and the share of TRPO steps accepted, window by window over
+    the budget, for the config's run and each run with another seed beside it (`<method>_seed<N>`).
+    From the runs' committed metrics.jsonl; training tasks only."""
+    if env == "point" or results is None or "maml" not in runs or "config" not in runs["maml"]:
+        return ""
+    cfg = runs["maml"]["config"]
+    own = results / cfg["experiment"] / cfg["method"]
+    dirs = {runs["maml"].get("seed"): own, **common.seed_dirs(own, runs["maml"].get("seed"))}
+    size = max(1, int(runs["maml"].get("paper_iterations") or cfg["train"]["iterations"]) // TRAINING_WINDOWS)
+    parts = []
+    for seed, d in dirs.items():
+        if not (d / "metrics.jsonl").exists():
+            continue
+        rows = {}
+        for line in (d / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if "post_return" in r:
+                    rows[r["step"]] = r   # the last record of a step (a resumed run may log one twice)
+        steps = sorted(rows)
+        if not steps:
+            continue
+        cells = []
+        for start in range(1, steps[-1] + 1, size):
+            w = [rows[k] for k in steps if start <= k < start + size]
+            if w:
+                cells.append(f"{start}-{w[-1]['step']}: {np.mean([r['post_return'] for r in w]):.1f} "
+                             f"({100.0 * np.mean([bool(r.get('accepted', True)) for r in w]):.0f}%)")
+        parts.append(f"seed {seed} ({steps[-1]} iterations) " + ", ".join(cells))
+    if not parts:
+        return ""
+    return ("MAML's training return after the inner step (mean over the iterations of each window; in brackets "
+            "the share of TRPO steps accepted), by iterations: " + "; ".join(parts) + ".")
+
+
+def pilot_finding(env: str, results: Path | None) -> str:
+    """The RL pilots of this environment (`reproduce.rl_pilot`, results/rl/<set>.json): each
+    pilot's setting and its last window against the config's own run."""
+    if results is None:
+        return ""
+    from reproduce import rl_pilot
+    lines = []
+    for pilot_set, (what, _, setting) in rl_pilot.PILOTS.items():
+        path = results / "rl" / f"{pilot_set}.json"
+        if not path.exists():
+            continue
+        for p in json.loads(path.read_text())["pilots"]:
+            if not p["config"].startswith(f"rl/{env}/") or not p.get("windows"):
+                continue
+            w = p["windows"][-1]
+            lines.append(f"{p['config'].rsplit('/', 1)[1]} with {setting}, {p['done']} of {p['budget']} iterations: "
+                         f"{rl_pilot.verdict(w)} in the last window ({w['difference']:+.1f}, ± {w['margin']:.1f}, "
+                         f"iterations {w['iterations'][0]}-{w['iterations'][1]})")
+    if not lines:
+        return ""
+    return ("Pilots against this environment's runs, on the training return (`results/rl/obs_pilot.md`): "
+            + "; ".join(lines) + ".")
+
+
+def findings(env: str, metrics: dict, runs: dict, results: Path | None = None) -> list[str]:
+    """The findings written next to the environment's numbers: from its JSON (metrics, runs) and,
+    given `results`, from the runs' training logs and the pilots' reports there."""
     out = []
     paper, oracle = PAPER[env]
     if "maml" in metrics:
@@ -313,6 +379,7 @@ def findings(env: str, metrics: dict, runs: dict) -> list[str]:
     line = paper_check_finding(env, metrics, runs)
     if line:
         out.append(line)
+    out += [line for line in (training_finding(env, runs, results), pilot_finding(env, results)) if line]
     partial = [f"{n} ({r['iterations']} of {r['paper_iterations']})" for n, r in runs.items()
                if r["status"] != "full"]
     if partial:
@@ -463,7 +530,8 @@ def report_only(args) -> int:
         return 2
     summary = json.loads(path.read_text())
     old_findings = summary.get("findings")
-    summary["findings"] = findings(args.env, summary["metrics"], summary["runs"]) + seed_section(args.env, summary)[1]
+    summary["findings"] = findings(args.env, summary["metrics"], summary["runs"], args.results) + \
+        seed_section(args.env, summary)[1]
     write_reports(out, path, summary, args.env, json_changed=summary["findings"] != old_findings)
     return 0
 
@@ -541,7 +609,7 @@ def _main(argv=None) -> int:
         summary["seeds"] = seeds
     if against:
         summary["seeds_vs_paper"] = against
-    summary["findings"] = findings(args.env, metrics, runs) + seed_section(args.env, summary)[1]
+    summary["findings"] = findings(args.env, metrics, runs, args.results) + seed_section(args.env, summary)[1]
     out.mkdir(parents=True, exist_ok=True)
     if records.same_results(path, summary) and (out / "table.md").exists():  # no result changed
         print(table(out, [args.env]))

@@ -538,3 +538,41 @@ def test_the_maml_vs_pretrained_verdict_names_the_side_ahead_beyond_both_cis():
     assert "The pretrained policy is ahead beyond both CIs at step(s) [1, 2], MAML at none" in said
     assert "No step where MAML is ahead" in verdict([0, 5, 5, 5], [0, 6, 5, 4])
     assert "too early for a verdict" in verdict([0, 5, 5, 6], [0, 10, 10, 5], {**full, "maml": {**run, "status": "partial"}})
+
+
+def test_the_locomotion_findings_give_maml_training_curve_by_window_and_the_pilots(tmp_path):
+    """MAML's training return after the inner step and the share of TRPO steps accepted, window by
+    window over the budget, for its run and each other seed's (the last record of a step that a
+    resumed run logged twice counts); the environment's pilots with their last window; neither for
+    the point or without a results folder."""
+    from reproduce import rl as rl_repro
+    cfg = {"experiment": "rl/cheetah_dir", "method": "maml", "train": {"iterations": 10}}
+    runs = {"maml": {"config": cfg, "seed": 1, "status": "full", "iterations": 10, "paper_iterations": 10}}
+
+    def log(d, rows):
+        d.mkdir(parents=True)
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "checkpoint").write_text("x")
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = [{"step": k, "post_return": float(k), "accepted": k != 2} for k in range(1, 11)]
+    own.insert(2, {"step": 3, "post_return": 100.0, "accepted": False})   # logged, then again after a resume: 3.0 counts
+    log(tmp_path / "rl" / "cheetah_dir" / "maml", own)
+    log(tmp_path / "rl" / "cheetah_dir" / "maml_seed2", [{"step": k, "post_return": 10.0 * k} for k in (1, 2, 3)])
+    line = rl_repro.training_finding("cheetah_dir", runs, tmp_path)
+    # windows of 10 // 5 = 2 iterations: (1 + 2) / 2 with one of two accepted, ...
+    assert "seed 1 (10 iterations) 1-2: 1.5 (50%), 3-4: 3.5 (100%), 5-6: 5.5 (100%), 7-8: 7.5 (100%), " \
+           "9-10: 9.5 (100%); seed 2 (3 iterations) 1-2: 15.0 (100%), 3-3: 30.0 (100%)." in line
+    assert rl_repro.training_finding("point", runs, tmp_path) == ""
+    assert rl_repro.training_finding("cheetah_dir", runs, None) == ""
+    pilots = {"pilots": [{"config": "rl/cheetah_dir/maml", "done": 6, "budget": 6, "windows": [
+        {"iterations": [1, 3], "difference": 9.0, "margin": 1.0}, {"iterations": [4, 6], "difference": -0.5, "margin": 2.0}]},
+        {"config": "rl/cheetah_vel/maml", "done": 6, "budget": 6, "windows": [
+            {"iterations": [1, 6], "difference": 5.0, "margin": 1.0}]}]}
+    (tmp_path / "rl" / "obs_pilot.json").write_text(json.dumps(pilots))
+    line = rl_repro.pilot_finding("cheetah_dir", tmp_path)
+    assert "maml with rllab's observation" in line and "6 of 6 iterations: within the margin: no difference " \
+        "shown in the last window (-0.5, ± 2.0, iterations 4-6)" in line and "+5.0" not in line
+    assert "ahead beyond the margin" in rl_repro.pilot_finding("cheetah_vel", tmp_path)
+    assert rl_repro.pilot_finding("ant_dir", tmp_path) == ""
+    said = rl_repro.findings("cheetah_dir", {}, runs, tmp_path)
+    assert any(f.startswith("MAML's training return") for f in said) and any(f.startswith("Pilots") for f in said)
