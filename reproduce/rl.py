@@ -267,16 +267,11 @@ def training_finding(env: str, runs: dict, results: Path | None) -> str:
     own = results / cfg["experiment"] / cfg["method"]
     dirs = {runs["maml"].get("seed"): own, **common.seed_dirs(own, runs["maml"].get("seed"))}
     size = max(1, int(runs["maml"].get("paper_iterations") or cfg["train"]["iterations"]) // TRAINING_WINDOWS)
+    from reproduce.campaign import _jsonl   # a line cut by a kill is skipped
     parts = []
     for seed, d in dirs.items():
-        if not (d / "metrics.jsonl").exists():
-            continue
-        rows = {}
-        for line in (d / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if "post_return" in r:
-                    rows[r["step"]] = r   # the last record of a step (a resumed run may log one twice)
+        # by step, the last record of each (`runs.rollback_metrics` already drops a killed run's extra rows)
+        rows = {r["step"]: r for r in _jsonl(d / "metrics.jsonl") if "post_return" in r}
         steps = sorted(rows)
         if not steps:
             continue
@@ -300,7 +295,7 @@ def pilot_finding(env: str, results: Path | None) -> str:
         return ""
     from reproduce import rl_pilot
     lines = []
-    for pilot_set, (what, _, setting) in rl_pilot.PILOTS.items():
+    for pilot_set, (_, _, setting) in rl_pilot.PILOTS.items():
         path = results / "rl" / f"{pilot_set}.json"
         if not path.exists():
             continue
@@ -308,12 +303,13 @@ def pilot_finding(env: str, results: Path | None) -> str:
             if not p["config"].startswith(f"rl/{env}/") or not p.get("windows"):
                 continue
             w = p["windows"][-1]
-            lines.append(f"{p['config'].rsplit('/', 1)[1]} with {setting}, {p['done']} of {p['budget']} iterations: "
+            lines.append(f"{p['config'].rsplit('/', 1)[1]} with {setting} (`results/rl/{pilot_set}.md`), "
+                         f"{p['done']} of {p['budget']} iterations: "
                          f"{rl_pilot.verdict(w)} in the last window ({w['difference']:+.1f}, ± {w['margin']:.1f}, "
                          f"iterations {w['iterations'][0]}-{w['iterations'][1]})")
     if not lines:
         return ""
-    return ("Pilots against this environment's runs, on the training return (`results/rl/obs_pilot.md`): "
+    return ("Pilots against this environment's runs, on the training return: "
             + "; ".join(lines) + ".")
 
 

@@ -12,7 +12,6 @@ task is used, so a pilot may decide a setting.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -31,8 +30,8 @@ PILOTS = {"obs_pilot": ("observation", "the config's own observation (Gymnasium'
 
 def curve(run_dir: Path, n: int | None = None) -> np.ndarray:
     """The training return of iterations 1..n (post-update for MAML, the return otherwise)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "post_return" in r]
+    from reproduce.campaign import _jsonl   # a line cut by a kill is skipped
+    rows = [r for r in _jsonl(run_dir / "metrics.jsonl") if "post_return" in r]
     values = np.array([r["post_return"] for r in rows], np.float64)
     return values[:n] if n is not None else values
 
@@ -67,9 +66,8 @@ def run_record(run_dir: Path) -> dict:
     from maml_tf import runs
     from reproduce import campaign
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    sessions = [json.loads(line) for line in (run_dir / "sessions.jsonl").read_text().splitlines() if line.strip()] \
-        if (run_dir / "sessions.jsonl").exists() else []
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    sessions = campaign._jsonl(run_dir / "sessions.jsonl")
+    rows = campaign._jsonl(run_dir / "metrics.jsonl")
     return {"dir": str(run_dir), "config": cfg, "commits": runs.training_commits(run_dir),
             "iterations": campaign.done_iterations(run_dir), "seed": cfg.get("seed"),
             "wall_time_s": round(sum(r.get("iteration_s", 0.0) for r in rows), 1),
