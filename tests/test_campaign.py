@@ -206,14 +206,18 @@ def test_the_queue_is_in_the_agreed_order_and_every_config_exists():
     assert len(cheap) == 6 and max(cheap) < names.index("rl/cheetah_vel/maml")
     assert names.index("omniglot/conv_20w5s") < min(i for i, r in enumerate(campaign.QUEUE)
                                                      if r.seed is not None and r.config == "omniglot/conv_5w1s")
-    # half-cheetah MAML's extra seeds (below the paper at the full budget) follow its runs at once,
-    # ahead of Appendix C's context runs
+    # half-cheetah direction MAML's extra seeds (far below the paper at the full budget) follow its
+    # runs at once, ahead of Appendix C's context runs; velocity's (a smaller gap) after them
     cheetah = [i for i, r in enumerate(campaign.QUEUE) if r.seed is not None and r.config.startswith("rl/cheetah")]
     assert [(campaign.QUEUE[i].config, campaign.QUEUE[i].seed) for i in cheetah] == \
         [("rl/cheetah_dir/maml", 2), ("rl/cheetah_dir/maml", 3), ("rl/cheetah_vel/maml", 2), ("rl/cheetah_vel/maml", 3)]
     oracle = max(i for i, n in enumerate(names) if n == "rl/cheetah_dir/oracle")   # the run, not its pilot
-    assert cheetah == list(range(oracle + 1, oracle + 5))
-    assert max(cheetah) < next(i for i, r in enumerate(campaign.QUEUE) if r.config == "rl/point/context" and not r.sets)
+    assert cheetah[:2] == [oracle + 1, oracle + 2]
+    context = [i for i, r in enumerate(campaign.QUEUE) if r.config.endswith("_context") or r.config.endswith("/context")
+               if not r.sets]
+    assert [campaign.QUEUE[i].config for i in context] == ["rl/point/context", "omniglot/conv_5w1s_context",
+                                                          "rl/cheetah_dir/context", "omniglot/conv_5w5s_context"]
+    assert context == list(range(cheetah[1] + 1, cheetah[1] + 5)) and cheetah[2:] == [context[-1] + 1, context[-1] + 2]
     # conv 5-way 5-shot's extra seeds (about 18 core-hours each) come last
     assert [(r.config, r.seed) for r in campaign.QUEUE[-2:]] == [("omniglot/conv_5w5s", 1), ("omniglot/conv_5w5s", 2)]
     # every run has its own directory (a run queued in stages: one directory, growing budgets)
