@@ -138,12 +138,23 @@ def record_session(run_dir: Path, start: int, stop: int, changed: dict | None = 
         f.write(json.dumps(entry) + "\n")
 
 
-def training_commits(run_dir: Path) -> list[str]:
-    """The commits that trained the run (from sessions.jsonl; empty for runs older than it)."""
-    path = run_dir / "sessions.jsonl"
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl or sessions.jsonl ([] if it does not exist). A line cut by a
+    kill (the process died mid-write) is skipped: the rest still counts."""
     if not path.exists():
         return []
-    seen = [json.loads(line)["commit"] for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def training_commits(run_dir: Path) -> list[str]:
+    """The commits that trained the run (from sessions.jsonl; empty for runs older than it)."""
+    seen = [r["commit"] for r in read_jsonl(run_dir / "sessions.jsonl") if "commit" in r]
     return list(dict.fromkeys(seen))
 
 

@@ -5,6 +5,13 @@ vector against MAML (trained by the campaign; evaluated here or by reproduce.rl)
     python -m reproduce.appendix table2          # make appendix-table2
     python -m reproduce.appendix context-pilot   # the context vector's size, from the pilot runs
     python -m reproduce.appendix context         # Tables 3, 4, 5 -> results/appendix/context.md
+    python -m reproduce.appendix context --tables 4   # make appendix-table4
+
+`context` evaluates the context-vector runs of the tables it is given (default all) that have a
+checkpoint: Table 3's here, with the protocol of Table 1, Tables 4 and 5's through `reproduce.rl
+ENV --methods context --eval-only`. With --train it first trains (or resumes) them to their budget
+(hours: the campaign trains them a few at a time); with --report-only it evaluates nothing. A table
+not given keeps its committed rows (Table 3) or reads results/rl/ENV.json as written (Tables 4, 5).
 
 For each variant (no regularisation, weight decay, toward the running mean) the strength is
 chosen on a pilot set of training tasks (the largest of the config's grid at which every pilot
@@ -26,6 +33,7 @@ import numpy as np
 
 from maml_tf import config as config_lib
 from maml_tf import records
+from maml_tf.runs import TrainingError, read_jsonl   # read_jsonl: a line cut by a kill is skipped
 from reproduce import common
 from reproduce import rl as rl_repro
 from reproduce import sinusoid
@@ -207,8 +215,7 @@ CONTEXT_PAPER = {"table3": {1: (94.9, 0.9), 5: (97.7, 0.3)},
 def _score(run_dir: Path) -> tuple[float | None, str]:
     """A pilot's score: the best meta-validation accuracy (classification) or the mean
     post-update training return of its last 5 iterations (RL)."""
-    from reproduce.campaign import _jsonl  # a line cut by a kill is skipped
-    rows = _jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     vals = [(r["val_accuracy"], r["step"]) for r in rows if "val_accuracy" in r]
     if vals:
         best = max(vals)
@@ -224,8 +231,7 @@ def _score(run_dir: Path) -> tuple[float | None, str]:
 
 def _val_curve(run_dir: Path) -> list:
     """[[iteration, meta-validation accuracy %], ...] of a classification run (empty for RL)."""
-    from reproduce.campaign import _jsonl
-    return [[r["step"], round(100 * r["val_accuracy"], 2)] for r in _jsonl(run_dir / "metrics.jsonl")
+    return [[r["step"], round(100 * r["val_accuracy"], 2)] for r in read_jsonl(run_dir / "metrics.jsonl")
             if "val_accuracy" in r]
 
 
@@ -503,9 +509,36 @@ def context_rl_findings(env: str, metrics: dict, runs: dict) -> list[str]:
     return out
 
 
+RL_TABLES = {4: "point", 5: "cheetah_dir"}
+
+
+def evaluate_rl_context(env: str, args) -> None:
+    """Train (with --train) and evaluate the context-vector run of an RL table through
+    reproduce.rl, which writes results/rl/ENV.json; without --train, a run not trained yet is left
+    as its table says ("not trained yet")."""
+    if not args.train and not (args.results / "rl" / env / "context" / "checkpoints" / "checkpoint").exists():
+        print(f"note: rl/{env}/context not trained yet: its table says so (`python -m reproduce.appendix context "
+              f"--tables {next(t for t, e in RL_TABLES.items() if e == env)} --train` trains it)",
+              file=sys.stderr)
+        return
+    argv = [env, "--methods", "context", "--results", str(args.results), "--threads", str(args.threads),
+            *([] if args.train else ["--eval-only"]), *(["--quiet"] if args.quiet else []),
+            *(["--iterations", str(args.iterations)] if args.iterations else [])]
+    if rl_repro._main(argv) != 0:
+        raise TrainingError(f"reproduce.rl {' '.join(argv)} failed (its error is above)")
+
+
 def context_tables(args) -> int:
-    """Tables 3, 4, 5: the context vector beside MAML, each with the protocol of its MAML row."""
+    """Tables 3, 4, 5: the context vector beside MAML, each with the protocol of its MAML row.
+    args.tables: the tables whose context runs are trained (with args.train) and evaluated (unless
+    args.report_only); the others keep their rows as the results folder has them."""
     from reproduce import table1
+    if args.set:
+        raise config_lib.ConfigError("--set is not for `context`: each context run keeps its config's settings "
+                                     "(train one with other settings through reproduce.train --run-dir)")
+    tables = set(args.tables or (3, 4, 5)) if not args.report_only else set()
+    for t in sorted(tables - {3}):
+        evaluate_rl_context(RL_TABLES[t], args)
     out_dir = args.results / "appendix"
     t1 = {(r["dataset"], r["way"], r["shot"], r["model"], r["order"]): r
           for r in json.loads((args.results / "table1.json").read_text())} \
@@ -517,7 +550,14 @@ def context_tables(args) -> int:
     for shot in (1, 5):
         cell = table1.Cell("omniglot", 5, shot, "conv_context", "second", f"omniglot/conv_{5}w{shot}s_context",
                            *CONTEXT_PAPER["table3"][shot])
-        row = table1.run_cell(cell, None, True, args.results, args.quiet, committed=committed.get(shot))
+        if 3 in tables:
+            row = table1.run_cell(cell, args.iterations, not args.train, args.results, args.quiet,
+                                  committed=committed.get(shot))
+        else:   # kept as evaluated
+            row = committed.get(shot) or {
+                "accuracy": None, "ci95": None, "iterations": 0, "status": "not_run",
+                "paper_accuracy": cell.paper_accuracy, "paper_ci95": cell.paper_ci95, "config": cell.config,
+                "note": "not evaluated yet: `python -m reproduce.appendix context --tables 3` evaluates it"}
         maml_row = t1.get(("omniglot", 5, shot, "conv", "second"), {})
         rows3.append({"shot": shot, "context": row, "maml": {k: maml_row.get(k) for k in
                                                              ("accuracy", "ci95", "iterations", "status")}})
@@ -577,7 +617,19 @@ def _main(argv=None) -> int:
     p.add_argument("table", choices=["table2", "context-pilot", "context"],
                    help="table2: multi-task parameter averaging; context-pilot: the context vector's size "
                         "from the pilot runs; context: Tables 3-5, the context vector against MAML")
+    p.add_argument("--tables", type=int, nargs="+", choices=[3, 4, 5], default=None,
+                   help="context only: the tables whose context runs to evaluate (default all); the others "
+                        "keep their rows")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--train", action="store_true",
+                     help="context only: first train (or resume) those runs to their budget (--iterations: less)")
+    how.add_argument("--report-only", action="store_true",
+                     help="context only: train and evaluate nothing; rewrite context.md from the results folder")
     args = common.parse(p, argv, replicas=False)
+    if args.table != "context" and (args.tables or args.train or args.report_only):
+        raise config_lib.ConfigError(f"--tables, --train and --report-only are for `context`, not `{args.table}`")
+    if args.table == "context" and args.iterations and not args.train:
+        raise config_lib.ConfigError("--iterations is the budget to train to: give --train with it")
     return {"table2": table2, "context-pilot": context_pilot, "context": context_tables}[args.table](args)
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import yaml
 
 from maml_tf import records
+from maml_tf.runs import read_jsonl   # a line cut by a kill is skipped
 from reproduce import common
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,18 +215,6 @@ QUEUE: list[Run] = [
 
 # ----------------------------------------------------------------------------- where a run stands
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line cut by a kill: the rest still counts
-    return out
-
-
 def done_iterations(run_dir: Path) -> int:
     """The iteration of the run's latest checkpoint (read from the checkpoint index, no TensorFlow)."""
     index = run_dir / "checkpoints" / "checkpoint"
@@ -239,7 +228,7 @@ def done_iterations(run_dir: Path) -> int:
 
 def latest_metric(run_dir: Path) -> str:
     """The latest meta-validation metric (supervised) or average training return (RL)."""
-    rows = _jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     for r in reversed(rows):
         if "val_accuracy" in r:
             return f"val acc {100 * r['val_accuracy']:.1f}% @{r['step']}"
@@ -254,11 +243,11 @@ def latest_metric(run_dir: Path) -> str:
 def seconds_per_iteration(run_dir: Path) -> tuple[float | None, int]:
     """(median seconds per iteration over the run's last logged intervals, cores used then): the
     cores come from sessions.jsonl (recorded since the campaign; older sessions used every core)."""
-    rows = _jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     times = [1.0 / r["it_per_s"] for r in rows if r.get("it_per_s")][-10:]
     if not times:
         times = [r["iteration_s"] for r in rows if r.get("iteration_s")][-5:]
-    sessions = _jsonl(run_dir / "sessions.jsonl")
+    sessions = read_jsonl(run_dir / "sessions.jsonl")
     cores = sessions[-1].get("cores") if sessions else None
     return (statistics.median(times) if times else None), cores
 
@@ -579,7 +568,11 @@ class Campaign:
             if r.report[:3] in CONTEXT_TABLE_MAML_ROWS:  # the MAML rows beside the context vector's
                 appendix.setdefault("context", [])
         for name, runs in appendix.items():
-            jobs.append((["reproduce.appendix", name], runs))
+            # Tables 4 and 5's context runs were evaluated by reproduce.rl above: only Table 3's
+            # (Omniglot, reported as ("appendix", "context")) are evaluated here
+            extra = [] if name != "context" else ["--tables", "3"] \
+                if any(r.report == ("appendix", "context") for r in runs) else ["--report-only"]
+            jobs.append((["reproduce.appendix", name, *extra], runs))
         failed = set()
         for args, runs in jobs:
             cmd = [self.python, "-m", *args, "--threads", str(threads), "--quiet", "--results", str(self.results)]

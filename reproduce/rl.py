@@ -18,7 +18,7 @@ import numpy as np
 
 from maml_tf import records
 from maml_tf.config import ConfigError
-from maml_tf.runs import TrainingError
+from maml_tf.runs import TrainingError, read_jsonl
 from reproduce import common
 
 ENVS = ("point", "cheetah_vel", "cheetah_dir", "ant_vel", "ant_dir")
@@ -267,11 +267,10 @@ def training_finding(env: str, runs: dict, results: Path | None) -> str:
     own = results / cfg["experiment"] / cfg["method"]
     dirs = {runs["maml"].get("seed"): own, **common.seed_dirs(own, runs["maml"].get("seed"))}
     size = max(1, int(runs["maml"].get("paper_iterations") or cfg["train"]["iterations"]) // TRAINING_WINDOWS)
-    from reproduce.campaign import _jsonl   # a line cut by a kill is skipped
     parts = []
     for seed, d in dirs.items():
         # by step, the last record of each (`runs.rollback_metrics` already drops a killed run's extra rows)
-        rows = {r["step"]: r for r in _jsonl(d / "metrics.jsonl") if "post_return" in r}
+        rows = {r["step"]: r for r in read_jsonl(d / "metrics.jsonl") if "post_return" in r}
         steps = sorted(rows)
         if not steps:
             continue

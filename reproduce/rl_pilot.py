@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from maml_tf import records
+from maml_tf.runs import read_jsonl   # a line cut by a kill is skipped
 from reproduce import common
 
 WINDOWS = 6   # a pilot's budget is compared in this many windows of iterations
@@ -30,8 +31,7 @@ PILOTS = {"obs_pilot": ("observation", "the config's own observation (Gymnasium'
 
 def curve(run_dir: Path, n: int | None = None) -> np.ndarray:
     """The training return of iterations 1..n (post-update for MAML, the return otherwise)."""
-    from reproduce.campaign import _jsonl   # a line cut by a kill is skipped
-    rows = [r for r in _jsonl(run_dir / "metrics.jsonl") if "post_return" in r]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "post_return" in r]
     values = np.array([r["post_return"] for r in rows], np.float64)
     return values[:n] if n is not None else values
 
@@ -66,8 +66,8 @@ def run_record(run_dir: Path) -> dict:
     from maml_tf import runs
     from reproduce import campaign
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    sessions = campaign._jsonl(run_dir / "sessions.jsonl")
-    rows = campaign._jsonl(run_dir / "metrics.jsonl")
+    sessions = read_jsonl(run_dir / "sessions.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     return {"dir": str(run_dir), "config": cfg, "commits": runs.training_commits(run_dir),
             "iterations": campaign.done_iterations(run_dir), "seed": cfg.get("seed"),
             "wall_time_s": round(sum(r.get("iteration_s", 0.0) for r in rows), 1),

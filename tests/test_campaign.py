@@ -503,3 +503,29 @@ def test_an_rl_context_run_counts_as_reported_only_once_its_appendix_table_is_wr
     (tmp_path / "campaign.json").write_text(json.dumps({"reported_iterations": {ctx.name: 7, maml.name: 3}}))
     c.report(threads=1)
     assert calls == ["reproduce.rl", "reproduce.appendix"] and reported() == {maml.name: 7, ctx.name: 7}
+
+
+def test_the_context_table_is_evaluated_only_for_the_omniglot_runs_that_moved(tmp_path, monkeypatch):
+    """Table 3's context runs (Omniglot) are evaluated by reproduce.appendix itself; Tables 4 and 5's
+    by reproduce.rl just before: the appendix call then only rewrites the tables (--report-only)."""
+    omniglot = campaign.Run("omniglot/conv_5w1s_context", ("appendix", "context"))
+    point = campaign.Run("rl/point/context", ("rl", "point", "context"))
+    monkeypatch.setattr(campaign, "done_iterations", lambda run_dir: 7)
+    for r in (omniglot, point):
+        (r.run_dir(tmp_path) / "checkpoints").mkdir(parents=True)
+        (r.run_dir(tmp_path) / "checkpoints" / "checkpoint").write_text("")
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(campaign.subprocess, "run", lambda cmd, **kw: calls.append(cmd[2:]) or Done())
+    for queue, expected in (([point], ["--report-only"]), ([omniglot, point], ["--tables", "3"])):
+        (tmp_path / "campaign.json").write_text(json.dumps({"reported_iterations": {}}))
+        calls.clear()
+        campaign.Campaign(queue, tmp_path, hours=0.01, cores=1, report_minutes=0, python="py",
+                          log=lambda m: None).report(threads=1)
+        appendix_call = next(c for c in calls if c[0] == "reproduce.appendix")
+        assert appendix_call[1:1 + len(expected) + 1] == ["context", *expected], appendix_call
+    assert json.loads((tmp_path / "campaign.json").read_text())["reported_iterations"] == \
+        {omniglot.name: 7, point.name: 7}

@@ -395,3 +395,35 @@ def test_table4_shows_where_the_papers_context_returns_lie(tmp_path):
     assert "| paper in our 95% CI, context vector | | yes | no | no | no |" in text
     assert "- Context vector vs MAML (ours) after 1..3 steps:" in text
     assert json.loads((tmp_path / "appendix" / "context.json").read_text())["rl"]["point"]["findings"]
+
+
+def test_the_context_tables_command_trains_and_evaluates_only_the_tables_it_is_given(tmp_path, monkeypatch):
+    """`reproduce.appendix context --tables 4`: the point's context run goes through reproduce.rl
+    (evaluated where it has a checkpoint, trained first with --train), Table 3 keeps its committed
+    rows unevaluated; --report-only evaluates nothing; the options belong to `context`."""
+    import json
+    from reproduce import appendix, table1
+    rl_calls = []
+    monkeypatch.setattr(appendix.rl_repro, "_main", lambda argv: rl_calls.append(argv) or 0)
+    monkeypatch.setattr(table1, "run_cell", lambda *a, **k: pytest.fail("Table 3 evaluated"))
+    (tmp_path / "appendix").mkdir()
+    kept = {"accuracy": 88.0, "ci95": 1.0, "iterations": 60000, "paper_accuracy": 94.9, "paper_ci95": 0.9,
+            "status": "full", "note": "kept"}
+    (tmp_path / "appendix" / "context.json").write_text(json.dumps({"table3": [{"shot": 1, "context": kept}]}))
+    args = ["context", "--tables", "4", "--results", str(tmp_path), "--quiet", "--threads", "1"]
+    assert appendix.main(args) == 0 and rl_calls == []      # not trained: nothing to evaluate
+    assert appendix.main(args + ["--train", "--iterations", "30"]) == 0
+    assert rl_calls[-1][:3] == ["point", "--methods", "context"] and "--eval-only" not in rl_calls[-1]
+    assert rl_calls[-1][-2:] == ["--iterations", "30"]
+    (tmp_path / "rl" / "point" / "context" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "rl" / "point" / "context" / "checkpoints" / "checkpoint").write_text("")
+    assert appendix.main(args) == 0 and "--eval-only" in rl_calls[-1] and "--iterations" not in rl_calls[-1]
+    rl_calls.clear()
+    assert appendix.main(["context", "--report-only", "--results", str(tmp_path), "--quiet"]) == 0 and rl_calls == []
+    saved = json.loads((tmp_path / "appendix" / "context.json").read_text())["table3"]
+    assert saved[0]["context"] == kept and saved[1]["context"]["status"] == "not_run"
+    assert "| 1 | 88.00 ± 1.00 | 60000 / 60000 |" in (tmp_path / "appendix" / "context.md").read_text()
+    monkeypatch.setattr(appendix.rl_repro, "_main", lambda argv: 2)   # an evaluation that failed: an error
+    assert appendix.main(args) == 2
+    assert appendix.main(["table2", "--tables", "3", "--results", str(tmp_path)]) == 2
+    assert appendix.main(["context", "--iterations", "30", "--results", str(tmp_path)]) == 2   # only with --train

@@ -237,3 +237,14 @@ def test_same_results_ignores_provenance_and_float_noise_but_not_counts(tmp_path
     assert records.same_results(path, {"commit": "b", "iterations": 59000, "acc": 0.98765433, "x": float("nan")})
     assert not records.same_results(path, {"commit": "a", "iterations": 59500, "acc": 0.98765432, "x": float("nan")})
     assert not records.same_results(path, {"commit": "a", "iterations": 59000, "acc": 0.99, "x": float("nan")})
+
+
+def test_a_log_line_cut_by_a_kill_is_skipped_and_the_commits_that_trained_the_run_still_read(tmp_path):
+    """A process killed mid-write leaves a partial last line in sessions.jsonl or metrics.jsonl: every
+    reader (the provenance of a result, the campaign's table, the RL findings) keeps the whole rows."""
+    assert runs.read_jsonl(tmp_path / "metrics.jsonl") == [] and runs.training_commits(tmp_path) == []
+    (tmp_path / "sessions.jsonl").write_text(
+        json.dumps({"commit": "aaa", "from_iteration": 0}) + "\n" + json.dumps({"commit": "bbb", "from_iteration": 5})
+        + "\n" + json.dumps({"commit": "aaa", "from_iteration": 9}) + "\n" + '{"commit": "ccc", "from_it')
+    assert runs.training_commits(tmp_path) == ["aaa", "bbb"]
+    assert [r["from_iteration"] for r in runs.read_jsonl(tmp_path / "sessions.jsonl")] == [0, 5, 9]

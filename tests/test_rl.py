@@ -119,7 +119,9 @@ def test_sampler_shapes_masks_and_seeding(point_sampler):
     fast["b3"] = tf.constant([[0.0, 0.0], [50.0, 50.0], [0.0, 0.0]])  # task 1 always moves +x +y
     d = point_sampler.sample(fast, tasks, seed=5).raw
     assert np.all(d.actions[1][d.mask[1] > 0] > 10)
-    np.testing.assert_array_equal(d.actions[0], raw.actions[0])
+    # task 0 acts as with the shared parameters (to float32 rounding: per-task parameters run the
+    # policy as a batched matmul, whose kernel may round differently, e.g. oneDNN on AMD)
+    np.testing.assert_allclose(d.actions[0], raw.actions[0], rtol=1e-5, atol=1e-5)
 
 
 def test_sampler_on_half_cheetah_is_seeded():
