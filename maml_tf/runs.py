@@ -134,8 +134,10 @@ def record_session(run_dir: Path, start: int, stop: int, changed: dict | None = 
         entry["changed"] = changed
     if CORES is not None:
         entry["cores"] = CORES
-    with (run_dir / "sessions.jsonl").open("a") as f:
-        f.write(json.dumps(entry) + "\n")
+    path = run_dir / "sessions.jsonl"
+    cut = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+    with path.open("a") as f:   # after a line cut by a kill, on a line of its own
+        f.write(("\n" if cut else "") + json.dumps(entry) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -523,7 +523,7 @@ def evaluate_rl_context(env: str, args) -> None:
         return
     argv = [env, "--methods", "context", "--results", str(args.results), "--threads", str(args.threads),
             *([] if args.train else ["--eval-only"]), *(["--quiet"] if args.quiet else []),
-            *(["--iterations", str(args.iterations)] if args.iterations else [])]
+            *(["--iterations", str(args.iterations)] if args.iterations is not None else [])]
     if rl_repro._main(argv) != 0:
         raise TrainingError(f"reproduce.rl {' '.join(argv)} failed (its error is above)")
 
@@ -625,11 +625,17 @@ def _main(argv=None) -> int:
                      help="context only: first train (or resume) those runs to their budget (--iterations: less)")
     how.add_argument("--report-only", action="store_true",
                      help="context only: train and evaluate nothing; rewrite context.md from the results folder")
-    args = common.parse(p, argv, replicas=False)
+    args = common.parse(p, argv, replicas=None)
     if args.table != "context" and (args.tables or args.train or args.report_only):
         raise config_lib.ConfigError(f"--tables, --train and --report-only are for `context`, not `{args.table}`")
-    if args.table == "context" and args.iterations and not args.train:
-        raise config_lib.ConfigError("--iterations is the budget to train to: give --train with it")
+    if args.report_only and args.tables:
+        raise config_lib.ConfigError("--report-only evaluates no table: give --tables without it")
+    if args.table == "context" and args.iterations is not None and not (args.train and len(args.tables or ()) == 1):
+        raise config_lib.ConfigError("--iterations is the budget to train one table's runs to (their budgets "
+                                     "differ): give --train and one table (--tables 3, 4 or 5) with it")
+    # training Table 3's runs (train.distribute: mirrored) splits the CPU into one device per core,
+    # as reproduce.train does; everything else runs on one device
+    common.use_cores(args.threads, replicas=args.table == "context" and args.train and 3 in (args.tables or (3,)))
     return {"table2": table2, "context-pilot": context_pilot, "context": context_tables}[args.table](args)
 
 

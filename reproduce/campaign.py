@@ -195,9 +195,9 @@ QUEUE: list[Run] = [
     # steps) is smaller than direction's was, and direction's seeds showed that gap to be seed
     # variance (seed 2 reached the paper); the context runs complete Appendix C's tables first
     *[Run("rl/cheetah_vel/maml", ("rl", "cheetah_vel", "maml"), seed) for seed in (2, 3)],
-    # MiniImagenet's second stage after them: the context runs complete Appendix C's tables for
-    # fewer core-hours (point 0.2, Omniglot 5-way 1-shot about 4, 5-shot about 15, half-cheetah about
-    # 4.5) than a MiniImagenet cell (about 45)
+    # MiniImagenet's second stage after them (the context runs complete Appendix C's tables for
+    # fewer core-hours, point 0.2, Omniglot 5-way 1-shot about 4, 5-shot about 8, half-cheetah
+    # about 4.5, than a MiniImagenet cell, about 45; velocity's seeds answer a question for about 5)
     *[_cell(c, cell) for c, cell, _ in MINIIMAGENET],
     _cell("omniglot/conv_20w1s", "omniglot_20w1s_conv"),
     *_rl("ant_vel"),

@@ -1,4 +1,5 @@
 """Context-vector adaptation (Appendix C): only z is adapted, the meta-gradient reaches everything."""
+import contextlib
 import math
 from pathlib import Path
 
@@ -426,4 +427,24 @@ def test_the_context_tables_command_trains_and_evaluates_only_the_tables_it_is_g
     monkeypatch.setattr(appendix.rl_repro, "_main", lambda argv: 2)   # an evaluation that failed: an error
     assert appendix.main(args) == 2
     assert appendix.main(["table2", "--tables", "3", "--results", str(tmp_path)]) == 2
-    assert appendix.main(["context", "--iterations", "30", "--results", str(tmp_path)]) == 2   # only with --train
+    # --iterations: the budget of one table's runs, with --train; --report-only evaluates no table
+    for bad in (["--iterations", "30"], ["--train", "--iterations", "30"], ["--train", "--tables", "3", "4", "--iterations", "30"],
+                ["--report-only", "--tables", "3"], ["--train", "--report-only"]):
+        with pytest.raises(SystemExit) if bad == ["--train", "--report-only"] else contextlib.nullcontext():
+            assert appendix.main(["context", *bad, "--results", str(tmp_path)]) == 2, bad
+
+
+def test_the_context_tables_command_without_options_evaluates_every_table_and_trains_nothing(tmp_path, monkeypatch):
+    """`make appendix-context` (no TRAIN=1): Table 3's cells evaluated only (no budget given), each RL
+    context run with a checkpoint evaluated only (--eval-only), the others left as not trained."""
+    from reproduce import appendix, table1
+    cells, rl_calls = [], []
+    monkeypatch.setattr(appendix.rl_repro, "_main", lambda argv: rl_calls.append(argv) or 0)
+    monkeypatch.setattr(table1, "run_cell", lambda cell, iterations, eval_only, *a, **k: cells.append(
+        (cell.shot, iterations, eval_only)) or {"accuracy": None, "ci95": None, "iterations": 0, "status": "not_run",
+                                                "paper_accuracy": 94.9, "paper_ci95": 0.9, "note": ""})
+    (tmp_path / "rl" / "cheetah_dir" / "context" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "rl" / "cheetah_dir" / "context" / "checkpoints" / "checkpoint").write_text("")
+    assert appendix.main(["context", "--results", str(tmp_path), "--quiet"]) == 0
+    assert cells == [(1, None, True), (5, None, True)]
+    assert [c[0] for c in rl_calls] == ["cheetah_dir"] and "--eval-only" in rl_calls[0]   # point: no checkpoint

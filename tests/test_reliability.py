@@ -248,3 +248,5 @@ def test_a_log_line_cut_by_a_kill_is_skipped_and_the_commits_that_trained_the_ru
         + "\n" + json.dumps({"commit": "aaa", "from_iteration": 9}) + "\n" + '{"commit": "ccc", "from_it')
     assert runs.training_commits(tmp_path) == ["aaa", "bbb"]
     assert [r["from_iteration"] for r in runs.read_jsonl(tmp_path / "sessions.jsonl")] == [0, 5, 9]
+    runs.record_session(tmp_path, 12, 20)   # the next session's entry on a line of its own, not lost
+    assert [r["from_iteration"] for r in runs.read_jsonl(tmp_path / "sessions.jsonl")] == [0, 5, 9, 12]
