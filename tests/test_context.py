@@ -200,13 +200,19 @@ def test_z_counts_in_the_first_layers_fan_in_so_the_input_weights_start_smaller(
 
 
 def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_finished():
-    from reproduce import appendix, campaign
+    from reproduce import appendix, campaign, common
     name, (against, *_) = next(iter(appendix.DIAGNOSTICS.items()))
     run = [r for r in campaign.QUEUE if r.dir.endswith(f"/{name}_z8")]
     base = [r for r in campaign.QUEUE if r.dir.endswith(f"/{against}_z8")]
-    # the same pilot as the one it is compared with, but for where z joins
-    assert len(run) == len(base) == 1 and run[0].iterations == base[0].iterations
+    # the same pilot as the one it is compared with, but for where z joins, trained further (then
+    # compared with the Table 3 run, whose settings are the pilot's but for validating less often)
+    assert len(run) == len(base) == 1 and run[0].iterations > base[0].iterations
     assert set(run[0].sets) == set(base[0].sets) | {"model.join=after_norm"}
+    table3 = common.load(appendix.DIAGNOSTIC_REFERENCE_RUNS[name]).to_dict()
+    pilot = common.load(base[0].config, sets=base[0].sets).to_dict()
+    table3["train"].pop("val_every"), pilot["train"].pop("val_every"), pilot["train"].pop("iterations"), \
+        table3["train"].pop("iterations")
+    assert table3 == pilot
     c = lambda score, it, r: {"score": score, "summary": f"best meta-validation accuracy {score}%", "iterations": it,
                               "budget": 3000, "config": r.config, "sets": list(r.sets),
                               "curve": [[1000, 20.0], [3000, score]]}
@@ -224,6 +230,22 @@ def test_a_diagnostic_pilot_is_reported_against_the_setting_it_varies_once_both_
         settings[name]["candidates"]["8"] = c(score, 3000, run[0])
         (line,) = appendix.diagnostic_lines(settings)
         assert line.endswith(verdicts[side]), (score, line)
+    # trained beyond its pilots: against the Table 3 run at the iterations both validated, once that
+    # run has reached the diagnostic's budget
+    longer = {**c(0, 10000, run[0]), "budget": 10000,
+              "curve": [[1000, 20.0], [2000, 21.0], [3000, 28.0], [4000, 60.0], [5000, 90.0], [6000, 70.0]]}
+    settings[name] = {"candidates": {"8": longer}, "reference_run": {
+        "config": appendix.DIAGNOSTIC_REFERENCE_RUNS[name], "z_dim": 8, "iterations": 8000,
+        "curve": [[2000, 39.0], [4000, 52.0], [6000, 56.0], [8000, 59.0], [10000, 63.7], [12000, 67.5]]}}
+    assert appendix.diagnostic_lines(settings) == []   # the diagnostic not finished
+    longer.update(iterations=10000, curve=longer["curve"] + [[8000, 71.0], [10000, 72.0], [11000, 99.0]])
+    assert appendix.diagnostic_lines(settings) == []   # the Table 3 run not as far yet
+    settings[name]["reference_run"]["iterations"] = 26000
+    (line,) = appendix.diagnostic_lines(settings)
+    assert "21.0 / 60.0 / 70.0 / 71.0 / 72.0% at iterations 2000 / 4000 / 6000 / 8000 / 10000, against " \
+           "39.0 / 52.0 / 56.0 / 59.0 / 63.7%" in line   # 5000's 90.0 and 11000's 99.0: not validated by both
+    assert "Best +8.3 points" in line and "the Table 3 run omniglot/conv_5w1s_context" in line
+    assert line.endswith(verdicts["above"])
 
 
 def test_the_inner_step_check_is_reused_for_the_same_checkpoint_and_says_what_it_found(tmp_path):
