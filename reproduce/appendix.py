@@ -544,13 +544,14 @@ def context_rl_findings(env: str, metrics: dict, runs: dict) -> list[str]:
 RL_TABLES = {4: "point", 5: "cheetah_dir"}
 
 
-def evaluate_rl_context(env: str, args) -> None:
+def evaluate_rl_context(table: int, args) -> None:
     """Train (with --train) and evaluate the context-vector run of an RL table through
     reproduce.rl, which writes results/rl/ENV.json; without --train, a run not trained yet is left
     as its table says ("not trained yet")."""
+    env = RL_TABLES[table]
     if not args.train and not (args.results / "rl" / env / "context" / "checkpoints" / "checkpoint").exists():
         print(f"note: rl/{env}/context not trained yet: its table says so (`python -m reproduce.appendix context "
-              f"--tables {next(t for t, e in RL_TABLES.items() if e == env)} --train` trains it)",
+              f"--tables {table} --train` trains it)",
               file=sys.stderr)
         return
     argv = [env, "--methods", "context", "--results", str(args.results), "--threads", str(args.threads),
@@ -570,7 +571,7 @@ def context_tables(args) -> int:
                                      "(train one with other settings through reproduce.train --run-dir)")
     tables = set(args.tables or (3, 4, 5)) if not args.report_only else set()
     for t in sorted(tables - {3}):
-        evaluate_rl_context(RL_TABLES[t], args)
+        evaluate_rl_context(t, args)
     out_dir = args.results / "appendix"
     t1 = {(r["dataset"], r["way"], r["shot"], r["model"], r["order"]): r
           for r in json.loads((args.results / "table1.json").read_text())} \
@@ -586,10 +587,8 @@ def context_tables(args) -> int:
             row = table1.run_cell(cell, args.iterations, not args.train, args.results, args.quiet,
                                   committed=committed.get(shot))
         else:   # kept as evaluated
-            row = committed.get(shot) or {
-                "accuracy": None, "ci95": None, "iterations": 0, "status": "not_run",
-                "paper_accuracy": cell.paper_accuracy, "paper_ci95": cell.paper_ci95, "config": cell.config,
-                "note": "not evaluated yet: `python -m reproduce.appendix context --tables 3` evaluates it"}
+            row = committed.get(shot) or table1.blank_row(
+                cell, "not evaluated yet: `python -m reproduce.appendix context --tables 3` evaluates it")
         maml_row = t1.get(("omniglot", 5, shot, "conv", "second"), {})
         rows3.append({"shot": shot, "context": row, "maml": {k: maml_row.get(k) for k in
                                                              ("accuracy", "ci95", "iterations", "status")}})

@@ -93,6 +93,14 @@ def config_digest(cfg) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def blank_row(cell: Cell, note: str = "") -> dict:
+    """The cell's row before anything is evaluated (status not_run)."""
+    return {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
+            "order": cell.order, "accuracy": None, "ci95": None, "paper_accuracy": cell.paper_accuracy,
+            "paper_ci95": cell.paper_ci95, "iterations": 0, "paper_iterations": PAPER_ITERATIONS,
+            "wall_time_s": None, "status": "not_run", "note": note, "config": cell.config}
+
+
 def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet: bool,
              previous: dict | None = None, committed: dict | None = None) -> dict:
     """The cell's row of Table 1. With `previous` (the cell's row in table1.json, from
@@ -106,10 +114,7 @@ def run_cell(cell: Cell, iterations: int | None, eval_only: bool, results, quiet
     committed checkpoint) and that row was evaluated."""
     from maml_tf import supervised, tasks  # here: --help answers without TensorFlow
     from maml_tf import train as train_lib
-    row = {"dataset": cell.dataset, "way": cell.way, "shot": cell.shot, "model": cell.model,
-           "order": cell.order, "accuracy": None, "ci95": None, "paper_accuracy": cell.paper_accuracy,
-           "paper_ci95": cell.paper_ci95, "iterations": 0, "paper_iterations": PAPER_ITERATIONS,
-           "wall_time_s": None, "status": "not_run", "note": "", "config": cell.config}
+    row = blank_row(cell)
     cfg = common.load(cell.config, iterations)
     run_dir = common.run_dir(cfg, results)
     try:
